@@ -1,0 +1,223 @@
+"""Train/build an image classifier and export it as a TF Serving SavedModel.
+
+    python -m serving.export_model --output-dir models [--model digits|imagenet] [--version 1] [--epochs N]
+
+Writes DIR/<model>/<version>/ (saved_model.pb + variables/) with three signatures that all
+return the same outputs:
+
+    serving_default  images       DT_UINT8  [-1, H, W, 3]
+    bytes            image_bytes  DT_STRING [-1]    (encoded PNG or JPEG, any size)
+    float            images       DT_FLOAT  [-1, H, W, 3]  values in [0, 1] (= uint8 / 255)
+
+    outputs: scores DT_FLOAT [-1, C] (softmax), classes DT_STRING [-1, C] (labels aligned with
+             scores), top_class DT_STRING [-1] (label with the highest score)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from serving import digits  # noqa: E402
+
+MIN_DIGITS_ACCURACY = 0.90
+SEED = 0
+
+
+class ImageClassifierModule(tf.Module):
+    """Wraps `classify` (float [N, H, W, 3] in [0, 1] -> softmax [N, C]) with the three signatures."""
+
+    def __init__(self, model: tf.keras.Model, labels: Sequence[str], image_size: int,
+                 preprocess: Callable[[tf.Tensor], tf.Tensor] | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.labels = tf.constant(list(labels), dtype=tf.string)
+        self.image_size = image_size
+        self._preprocess = preprocess  # float [0, 1] -> model input; identity if None
+
+        size = image_size
+        self.serve_uint8 = tf.function(
+            self._serve_uint8,
+            input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="images")])
+        self.serve_float = tf.function(
+            self._serve_float,
+            input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="images")])
+        self.serve_bytes = tf.function(
+            self._serve_bytes,
+            input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+
+    def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
+        return {
+            "serving_default": self.serve_uint8.get_concrete_function(),
+            "bytes": self.serve_bytes.get_concrete_function(),
+            "float": self.serve_float.get_concrete_function(),
+        }
+
+    def _outputs(self, images01: tf.Tensor) -> dict[str, tf.Tensor]:
+        inputs = self._preprocess(images01) if self._preprocess else images01
+        scores = tf.cast(self.model(inputs, training=False), tf.float32)
+        batch = tf.shape(scores)[0]
+        classes = tf.tile(self.labels[tf.newaxis, :], tf.stack([batch, 1]))
+        top_class = tf.gather(self.labels, tf.argmax(scores, axis=1))
+        return {"scores": scores, "classes": classes, "top_class": top_class}
+
+    def _serve_float(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._outputs(images)
+
+    def _serve_uint8(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._outputs(tf.cast(images, tf.float32) / 255.0)
+
+    def _serve_bytes(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        size = self.image_size
+
+        def decode(encoded: tf.Tensor) -> tf.Tensor:
+            image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+            resized = tf.image.resize(image, [size, size], antialias=True)
+            return tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 255.0)), tf.uint8)
+
+        images = tf.map_fn(decode, image_bytes,
+                           fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8))
+        return self._serve_uint8(images)
+
+
+# --------------------------------------------------------------------------- digits
+
+
+def build_digits_cnn(image_size: int, num_classes: int) -> tf.keras.Model:
+    layers = tf.keras.layers
+    model = tf.keras.Sequential([
+        layers.Input((image_size, image_size, 3)),
+        layers.Conv2D(16, 3, padding="same", activation="relu"),
+        layers.MaxPooling2D(),
+        layers.Conv2D(32, 3, padding="same", activation="relu"),
+        layers.MaxPooling2D(),
+        layers.Conv2D(64, 3, padding="same", activation="relu"),
+        layers.GlobalAveragePooling2D(),
+        layers.Dropout(0.2),
+        layers.Dense(num_classes, activation="softmax"),
+    ])
+    model.compile(optimizer=tf.keras.optimizers.Adam(3e-3),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def jpeg_round_trip(digit_images: np.ndarray) -> list[bytes]:
+    return [digits.encode_image(digits.digit_to_image(d), "JPEG") for d in digit_images]
+
+
+def accuracy(module_fn: Callable[..., dict[str, tf.Tensor]], inputs: tf.Tensor,
+             labels: np.ndarray) -> float:
+    top = module_fn(inputs)["top_class"].numpy()
+    predicted = np.array([int(t) for t in top])
+    return float(np.mean(predicted == labels))
+
+
+def build_digits(epochs: int) -> tuple[ImageClassifierModule, dict[str, float]]:
+    train_x, train_y, test_x, test_y = digits.load_split(seed=SEED)
+    train_images = digits.images_array(train_x).astype(np.float32) / 255.0
+    model = build_digits_cnn(digits.IMAGE_SIZE, len(digits.LABELS))
+    model.fit(train_images, train_y, epochs=epochs, batch_size=32, shuffle=True, verbose=0)
+    module = ImageClassifierModule(model, digits.LABELS, digits.IMAGE_SIZE)
+
+    test_images = tf.constant(digits.images_array(test_x))
+    test_jpeg = tf.constant(jpeg_round_trip(test_x))
+    metrics = {
+        "accuracy_uint8": accuracy(module.serve_uint8, test_images, test_y),
+        "accuracy_jpeg": accuracy(module.serve_bytes, test_jpeg, test_y),
+    }
+    return module, metrics
+
+
+# --------------------------------------------------------------------------- imagenet
+
+
+def build_imagenet() -> tuple[ImageClassifierModule, dict[str, float]]:
+    """MobileNetV2 (ImageNet weights; needs internet to download them and the class index)."""
+    import json
+
+    from tensorflow.keras.applications import mobilenet_v2
+
+    class_index_url = ("https://storage.googleapis.com/download.tensorflow.org/"
+                       "data/imagenet_class_index.json")
+    model = mobilenet_v2.MobileNetV2(weights="imagenet", input_shape=(224, 224, 3))
+    index_path = tf.keras.utils.get_file("imagenet_class_index.json", class_index_url,
+                                         cache_subdir="models")
+    with open(index_path, encoding="utf-8") as f:
+        class_index = json.load(f)  # {"0": ["n01440764", "tench"], ...}
+    labels = [class_index[str(i)][1] for i in range(len(class_index))]
+    if len(labels) != 1000:
+        raise RuntimeError(f"expected 1000 ImageNet classes, got {len(labels)}")
+
+    def preprocess(images01: tf.Tensor) -> tf.Tensor:
+        return mobilenet_v2.preprocess_input(images01 * 255.0)  # -> [-1, 1]
+
+    return ImageClassifierModule(model, labels, 224, preprocess), {}
+
+
+# --------------------------------------------------------------------------- export
+
+
+def save_servable(module: ImageClassifierModule, output_dir: Path, name: str, version: int) -> Path:
+    """Save atomically to DIR/<name>/<version> (TF Serving ignores non-numeric dirs meanwhile)."""
+    model_dir = output_dir / name
+    final = model_dir / str(version)
+    tmp = model_dir / f".tmp-{version}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tf.saved_model.save(module, str(tmp), signatures=module.signatures())
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output-dir", required=True, type=Path)
+    parser.add_argument("--model", choices=["digits", "imagenet"], default="digits")
+    parser.add_argument("--version", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=12, help="training epochs (digits only)")
+    args = parser.parse_args(argv)
+    if args.version < 0:
+        parser.error("--version must be >= 0")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    tf.keras.utils.set_random_seed(SEED)
+    started = time.monotonic()
+
+    if args.model == "digits":
+        module, metrics = build_digits(args.epochs)
+        print(f"held-out accuracy: uint8 {metrics['accuracy_uint8']:.4f}, "
+              f"jpeg round-trip {metrics['accuracy_jpeg']:.4f}", flush=True)
+        if min(metrics.values()) < MIN_DIGITS_ACCURACY:
+            print(f"error: held-out accuracy below {MIN_DIGITS_ACCURACY}", file=sys.stderr)
+            return 1
+    else:
+        try:
+            module, metrics = build_imagenet()
+        except Exception as exc:  # noqa: BLE001 - typically no internet for the weights
+            print(f"error: cannot build the imagenet model (needs internet for weights): "
+                  f"{type(exc).__name__}: {exc}".replace("\n", " "), file=sys.stderr)
+            return 2
+
+    path = save_servable(module, args.output_dir, args.model, args.version)
+    summary = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+    print(f"exported {args.model} version {args.version} to {path} "
+          f"in {time.monotonic() - started:.1f}s {summary}".rstrip(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
