@@ -1,0 +1,23 @@
+"""tfs-bridge: classify image URLs from Kafka with a TensorFlow Serving model, exactly once.
+
+The public API is re-exported here; the exception tree is documented in bridge.errors.
+Importing bridge never imports TensorFlow: TF Serving's API comes from the project's own protos.
+"""
+
+from bridge.errors import (BridgeError, ConfigError, FatalKafkaError, FetchError, ImageError, InvalidRecord,
+                           KafkaTransactionError, ModelNotFound, ModelRejectedInput, ModelServerError,
+                           ModelServerUnavailable, PredictionRejected, RecordError, SignatureError,
+                           TransactionAborted)
+from bridge.kafka import ReadCommittedConsumer, TransactionalProducer
+from bridge.model_client import ModelServerClient, ModelTarget, Prediction, VersionStatus
+from bridge.signature import ImageSignature, InputKind, TensorSpec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BridgeError", "ConfigError", "FatalKafkaError", "FetchError", "ImageError", "ImageSignature", "InputKind",
+    "InvalidRecord", "KafkaTransactionError", "ModelNotFound", "ModelRejectedInput", "ModelServerClient",
+    "ModelServerError", "ModelServerUnavailable", "ModelTarget", "Prediction", "PredictionRejected",
+    "ReadCommittedConsumer", "RecordError", "SignatureError", "TensorSpec", "TransactionAborted",
+    "TransactionalProducer", "VersionStatus",
+]

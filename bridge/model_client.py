@@ -1,0 +1,175 @@
+"""A gRPC client for TF Serving: model status, the serving signature, and Predict on a batch of images."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+
+from bridge import tensors
+from bridge.errors import (ModelNotFound, ModelRejectedInput, ModelServerError, ModelServerUnavailable,
+                           SignatureError)
+from bridge.signature import ImageSignature, InputKind
+from bridge.tfs_api import (get_model_metadata_pb2, get_model_status_pb2, model_pb2, model_service_pb2_grpc,
+                            predict_pb2, prediction_service_pb2_grpc)
+
+# TF Serving accepts messages up to 2 GiB; Python gRPC's default of 4 MB would reject a batch of big images.
+MAX_MESSAGE_BYTES = 2**31 - 1
+CHANNEL_OPTIONS = (
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+)
+AVAILABLE = get_model_status_pb2.ModelVersionStatus.State.AVAILABLE
+
+_ERRORS: dict[grpc.StatusCode, type[ModelServerError]] = {
+    grpc.StatusCode.UNAVAILABLE: ModelServerUnavailable,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ModelServerUnavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: ModelServerUnavailable,
+    grpc.StatusCode.NOT_FOUND: ModelNotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: ModelNotFound,
+    grpc.StatusCode.INVALID_ARGUMENT: ModelRejectedInput,
+}
+
+
+@dataclass(frozen=True)
+class ModelTarget:
+    """Which model, version and signature to call. version and version_label are exclusive."""
+
+    name: str
+    version: int | None = None
+    version_label: str | None = None
+    signature_name: str = "serving_default"
+
+    def spec(self, with_signature: bool = True) -> model_pb2.ModelSpec:
+        spec = model_pb2.ModelSpec(name=self.name)
+        if self.version is not None:
+            spec.version.value = self.version
+        elif self.version_label:
+            spec.version_label = self.version_label
+        if with_signature:
+            spec.signature_name = self.signature_name
+        return spec
+
+    def describe(self) -> str:
+        version = (f" version {self.version}" if self.version is not None
+                   else f" label {self.version_label}" if self.version_label else "")
+        return f"model {self.name!r}{version} signature {self.signature_name!r}"
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    version: int
+    state: str  # AVAILABLE, LOADING, ...
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One Predict answer: outputs by name, and which model version answered."""
+
+    outputs: dict[str, np.ndarray]
+    model_name: str
+    model_version: int
+    signature_name: str
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def rpc_error(exc: grpc.RpcError, what: str) -> ModelServerError:
+    """Map a gRPC failure onto the bridge's exception tree, keeping the server's message."""
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    name = code.name if code is not None else "UNKNOWN"
+    return _ERRORS.get(code, ModelServerError)(f"{what}: {name}: {details}", code)
+
+
+class ModelServerClient:
+    """Talks to one TF Serving gRPC endpoint about one model. Thread-safe (gRPC channels are)."""
+
+    def __init__(self, address: str, target: ModelTarget, *, timeout: float = 10.0,
+                 credentials: grpc.ChannelCredentials | None = None,
+                 channel: grpc.Channel | None = None) -> None:
+        self.address = address
+        self.target = target
+        self.timeout = timeout
+        if channel is None:
+            channel = (grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS) if credentials
+                       else grpc.insecure_channel(address, options=CHANNEL_OPTIONS))
+        self._channel = channel
+        self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        self._models = model_service_pb2_grpc.ModelServiceStub(channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> ModelServerClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def status(self, timeout: float | None = None) -> list[VersionStatus]:
+        """GetModelStatus for the target's model (and version or label, if set)."""
+        request = get_model_status_pb2.GetModelStatusRequest(model_spec=self.target.spec(with_signature=False))
+        try:
+            response = self._models.GetModelStatus(request, timeout=timeout or self.timeout)
+        except grpc.RpcError as exc:
+            raise rpc_error(exc, f"GetModelStatus for {self.target.describe()} at {self.address}") from None
+        state_name = get_model_status_pb2.ModelVersionStatus.State.Name
+        return [VersionStatus(s.version, state_name(s.state), s.status.error_message)
+                for s in response.model_version_status]
+
+    def is_available(self, timeout: float | None = None) -> bool:
+        """True when some version of the model is AVAILABLE; False when the server is unreachable or loading."""
+        try:
+            return any(status.state == "AVAILABLE" for status in self.status(timeout))
+        except ModelServerUnavailable:
+            return False
+
+    def signature(self, timeout: float | None = None) -> ImageSignature:
+        """The target's serving signature, from GetModelMetadata(signature_def)."""
+        request = get_model_metadata_pb2.GetModelMetadataRequest(
+            model_spec=self.target.spec(with_signature=False), metadata_field=["signature_def"])
+        try:
+            response = self._predictions.GetModelMetadata(request, timeout=timeout or self.timeout)
+        except grpc.RpcError as exc:
+            raise rpc_error(exc, f"GetModelMetadata for {self.target.describe()} at {self.address}") from None
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        if not response.metadata["signature_def"].Unpack(signatures):
+            raise SignatureError(f"GetModelMetadata for {self.target.describe()} returned no SignatureDefMap")
+        name = self.target.signature_name
+        if name not in signatures.signature_def:
+            raise ModelNotFound(
+                f"{self.target.describe()}: no signature {name!r}; the model has "
+                + ", ".join(sorted(signatures.signature_def)), grpc.StatusCode.FAILED_PRECONDITION)
+        return ImageSignature.from_proto(name, signatures.signature_def[name])
+
+    def predict(self, inputs: Mapping[str, np.ndarray | Sequence[bytes]], output_filter: Sequence[str] = (),
+                timeout: float | None = None) -> Prediction:
+        """Predict with named inputs: numeric arrays go as tensor_content, lists of bytes as DT_STRING."""
+        request = predict_pb2.PredictRequest(model_spec=self.target.spec(), output_filter=list(output_filter))
+        for name, value in inputs.items():
+            proto = tensors.from_array(value) if isinstance(value, np.ndarray) else tensors.from_bytes_list(value)
+            request.inputs[name].CopyFrom(proto)
+        try:
+            response = self._predictions.Predict(request, timeout=timeout or self.timeout)
+        except grpc.RpcError as exc:
+            raise rpc_error(exc, f"Predict on {self.target.describe()}") from None
+        return Prediction(
+            outputs={name: tensors.to_array(proto) for name, proto in response.outputs.items()},
+            model_name=response.model_spec.name or self.target.name,
+            model_version=response.model_spec.version.value,
+            signature_name=response.model_spec.signature_name or self.target.signature_name,
+        )
+
+    def predict_images(self, signature: ImageSignature, images: np.ndarray | Sequence[bytes],
+                       timeout: float | None = None) -> Prediction:
+        """Predict on a batch shaped for `signature`: an [N, H, W, 3] array, or encoded images for ENCODED."""
+        if signature.input_kind is InputKind.ENCODED:
+            if isinstance(images, np.ndarray):
+                raise SignatureError(f"signature {signature.name!r} takes encoded image bytes, not pixels")
+        elif not isinstance(images, np.ndarray):
+            raise SignatureError(f"signature {signature.name!r} takes a pixel array, not encoded bytes")
+        wanted = [signature.scores_output] + ([signature.labels_output] if signature.labels_output else [])
+        return self.predict({signature.input.name: images}, output_filter=wanted, timeout=timeout)

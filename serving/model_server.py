@@ -1,0 +1,205 @@
+"""A TensorFlow-Serving-compatible gRPC model server (Python, real TensorFlow, official stubs).
+
+    python -m serving.model_server --model-base-dir DIR [--port 8500] [--host 127.0.0.1]
+        [--max-queued-requests 64] [--workers 2] [--tensor-content]
+
+Serves the highest version of every DIR/<model>/<version>/ SavedModel over
+tensorflow.serving.PredictionService (Predict, GetModelMetadata) and
+tensorflow.serving.ModelService (GetModelStatus), answering like TF Serving does.
+Prints "ready on HOST:PORT models: name:version ..." once serving (port 0 = pick a free one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from concurrent import futures
+from pathlib import Path
+from typing import Callable, Sequence, TypeVar
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import grpc  # noqa: E402
+from tensorflow_serving.apis import (  # noqa: E402
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from serving.servables import (  # noqa: E402
+    ModelRegistry,
+    Predictor,
+    ServingError,
+    invalid_argument,
+    load_model_base_dir,
+)
+
+log = logging.getLogger("serving.model_server")
+
+MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving accepts messages up to 2 GiB
+SIGNATURE_DEF_FIELD = "signature_def"
+Response = TypeVar("Response")
+
+
+def handle(context: grpc.ServicerContext, call: Callable[[], Response]) -> Response:
+    """Run a request; turn ServingError into the gRPC status (context.abort raises)."""
+    try:
+        return call()
+    except ServingError as exc:
+        context.abort(exc.code, exc.message)
+    except Exception as exc:  # noqa: BLE001 - never leak a stack trace as UNKNOWN
+        log.exception("internal error")
+        context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+    raise AssertionError("unreachable")
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, registry: ModelRegistry, predictor: Predictor) -> None:
+        self.registry = registry
+        self.predictor = predictor
+
+    def Predict(self, request: predict_pb2.PredictRequest,
+                context: grpc.ServicerContext) -> predict_pb2.PredictResponse:
+        return handle(context, lambda: self.predictor.predict(request))
+
+    def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
+                         context: grpc.ServicerContext
+                         ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        return handle(context, lambda: self._metadata(request))
+
+    def _metadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest
+                  ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        if not request.HasField("model_spec"):
+            raise invalid_argument("Missing ModelSpec")
+        if not request.metadata_field:
+            raise invalid_argument(
+                "GetModelMetadataRequest must specify at least one metadata_field")
+        for metadata_field in request.metadata_field:
+            if metadata_field != SIGNATURE_DEF_FIELD:
+                raise invalid_argument(f"Metadata field {metadata_field} is not supported")
+        servable = self.registry.resolve(request.model_spec)
+        signature_def_map = get_model_metadata_pb2.SignatureDefMap()
+        for name, signature in servable.signature_defs.items():
+            signature_def_map.signature_def[name].CopyFrom(signature)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = servable.name
+        response.model_spec.version.value = servable.version
+        response.metadata[SIGNATURE_DEF_FIELD].Pack(signature_def_map)
+        return response
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+
+    def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest,
+                       context: grpc.ServicerContext
+                       ) -> get_model_status_pb2.GetModelStatusResponse:
+        return handle(context, lambda: self._status(request))
+
+    def _status(self, request: get_model_status_pb2.GetModelStatusRequest
+                ) -> get_model_status_pb2.GetModelStatusResponse:
+        if not request.HasField("model_spec"):
+            raise invalid_argument("Missing ModelSpec")
+        spec = request.model_spec
+        versions = sorted(self.registry.versions(spec.name))
+        if spec.HasField("version"):
+            if spec.version.value not in versions:
+                raise ServingError(grpc.StatusCode.NOT_FOUND,
+                                   f"Could not find version {spec.version.value} "
+                                   f"of model {spec.name}")
+            versions = [spec.version.value]
+        elif not versions:
+            raise ServingError(grpc.StatusCode.NOT_FOUND,
+                               f"Could not find any versions of model {spec.name}")
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for version in versions:
+            status = response.model_version_status.add(
+                version=version, state=get_model_status_pb2.ModelVersionStatus.AVAILABLE)
+            status.status.SetInParent()  # error_code OK, empty message
+        return response
+
+
+def build_server(registry: ModelRegistry, host: str, port: int, max_queued_requests: int,
+                 workers: int, tensor_content: bool) -> tuple[grpc.Server, int]:
+    """Create and bind (not start) the server; returns it with the bound port."""
+    predictor = Predictor(registry, max_queued_requests, workers, tensor_content)
+    # Admitted Predicts hold at most max_queued_requests threads; the rest answer rejections,
+    # metadata and status calls immediately.
+    executor = futures.ThreadPoolExecutor(max_workers=max_queued_requests + workers,
+                                          thread_name_prefix="grpc")
+    server = grpc.server(executor, options=[
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.so_reuseport", 0),  # fail loudly if the port is taken
+    ])
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionService(registry, predictor), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(registry), server)
+    bound_port = server.add_insecure_port(f"{host}:{port}")
+    if bound_port == 0:
+        raise RuntimeError(f"cannot bind {host}:{port}")
+    return server, bound_port
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-base-dir", required=True, type=Path,
+                        help="directory holding <model>/<version>/saved_model.pb")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8500, help="0 picks a free port")
+    parser.add_argument("--max-queued-requests", type=int, default=64,
+                        help="Predict calls admitted at once (running + waiting); "
+                             "beyond that UNAVAILABLE")
+    parser.add_argument("--workers", type=int, default=2, help="concurrent model runs")
+    parser.add_argument("--tensor-content", action="store_true",
+                        help="serialize outputs as tensor_content "
+                             "(like --enable_serialization_as_tensor_content)")
+    parser.add_argument("--grace", type=float, default=5.0, help="shutdown grace seconds")
+    args = parser.parse_args(argv)
+    if args.max_queued_requests < 1 or args.workers < 1:
+        parser.error("--max-queued-requests and --workers must be >= 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.model_base_dir.is_dir():
+        print(f"error: model base dir {args.model_base_dir} does not exist", file=sys.stderr)
+        return 2
+    registry = ModelRegistry(load_model_base_dir(args.model_base_dir))
+    if not registry.models:
+        print(f"error: no <model>/<version>/saved_model.pb under {args.model_base_dir}",
+              file=sys.stderr)
+        return 2
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+
+    try:
+        server, port = build_server(registry, args.host, args.port, args.max_queued_requests,
+                                    args.workers, args.tensor_content)
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    server.start()
+    print(f"ready on {args.host}:{port} models: {registry.describe()}", flush=True)
+
+    while not stop.wait(0.5):
+        pass
+    log.info("shutting down")
+    server.stop(args.grace).wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Run the model export and the model server as subprocesses (no TensorFlow import here).
+
+    models = export_models(tmp_path / "models")            # -> tmp_path/models
+    server = ModelServerProcess(models, port=0)             # 0: the server picks a free port
+    server.start()                                          # waits for the "ready on" line
+    ... connect to server.address ...
+    server.stop()
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Sequence
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+READY_RE = re.compile(r"^ready on (?P<host>\S+):(?P<port>\d+) models: (?P<models>.*)$")
+
+
+def _subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def export_models(output_dir: str | os.PathLike, model: str = "digits", version: int = 1,
+                  extra_args: Sequence[str] = (), timeout: float = 600) -> Path:
+    """Run `python -m serving.export_model`; returns output_dir (the model base dir)."""
+    output_dir = Path(output_dir)
+    cmd = [sys.executable, "-m", "serving.export_model", "--output-dir", str(output_dir),
+           "--model", model, "--version", str(version), *extra_args]
+    result = subprocess.run(cmd, cwd=PROJECT_ROOT, env=_subprocess_env(), capture_output=True,
+                            text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise RuntimeError(f"export of {model} failed (exit {result.returncode}):\n"
+                           f"{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+    return output_dir
+
+
+class ModelServerProcess:
+    """`python -m serving.model_server` as a child process."""
+
+    def __init__(self, model_base_dir: str | os.PathLike, port: int = 0,
+                 extra_args: Sequence[str] = (), host: str = "127.0.0.1",
+                 startup_timeout: float = 120) -> None:
+        self.model_base_dir = Path(model_base_dir)
+        self.requested_port = port
+        self.port = port
+        self.host = host
+        self.extra_args = list(extra_args)
+        self.startup_timeout = startup_timeout
+        self.ready_line = ""
+        self._proc: subprocess.Popen[str] | None = None
+        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=60)
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def address(self) -> str:
+        """host:port for grpc.insecure_channel (valid once started)."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def stderr_tail(self) -> str:
+        return "".join(self._stderr_tail)
+
+    def start(self) -> "ModelServerProcess":
+        """Start the server and wait until it prints its ready line (raises on death/timeout).
+
+        On restart the previously bound port is reused, so clients can reconnect.
+        """
+        if self.running:
+            raise RuntimeError("model server already running")
+        cmd = [sys.executable, "-m", "serving.model_server", "--model-base-dir",
+               str(self.model_base_dir), "--host", self.host, "--port", str(self.port),
+               *self.extra_args]
+        self._stderr_tail.clear()
+        self._proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=_subprocess_env(), text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        ready = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._read_stdout, args=(self._proc, ready), daemon=True),
+            threading.Thread(target=self._read_stderr, args=(self._proc,), daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+        deadline = time.monotonic() + self.startup_timeout
+        while not ready.wait(0.1):
+            if self._proc.poll() is not None:
+                self._join_readers()
+                raise RuntimeError(f"model server exited with {self._proc.returncode} before "
+                                   f"becoming ready:\n{self.stderr_tail()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"model server not ready after {self.startup_timeout}s:\n"
+                                   f"{self.stderr_tail()}")
+        return self
+
+    def stop(self, timeout: float = 10) -> int | None:
+        """SIGTERM, then SIGKILL after `timeout`; returns the exit code."""
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._join_readers()
+        return proc.returncode
+
+    def restart(self) -> "ModelServerProcess":
+        self.stop()
+        return self.start()
+
+    def __enter__(self) -> "ModelServerProcess":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ output readers
+
+    def _read_stdout(self, proc: subprocess.Popen[str], ready: threading.Event) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            match = READY_RE.match(line.strip())
+            if match and not ready.is_set():
+                self.port = int(match["port"])
+                self.ready_line = line.strip()
+                ready.set()
+
+    def _read_stderr(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            self._stderr_tail.append(line)
+
+    def _join_readers(self) -> None:
+        for thread in self._threads:
+            thread.join(timeout=5)

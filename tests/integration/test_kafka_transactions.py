@@ -1,0 +1,90 @@
+"""The bridge's Kafka wrappers on a real broker: results and input offsets commit together, or not at all."""
+
+import pytest
+from confluent_kafka import TopicPartition
+
+from bridge.kafka import ReadCommittedConsumer, TransactionalProducer
+from tests.support.kafka_io import group_offset, produce, read_topic
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def topics(kafka, unique):
+    names = {"input": f"in-{unique}", "output": f"out-{unique}"}
+    kafka.create_topics({names["input"]: 1, names["output"]: 1})
+    produce(kafka.bootstrap_servers, names["input"], [f"record-{i}".encode() for i in range(5)])
+    return names
+
+
+def consume_all(consumer, count):
+    records = []
+    for _ in range(60):
+        records += consumer.poll_batch(count - len(records), 0.5)
+        if len(records) >= count:
+            return records
+    raise AssertionError(f"only {len(records)} of {count} records arrived")
+
+
+def transform_in_transaction(kafka, topics, unique):
+    consumer = ReadCommittedConsumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": f"g-{unique}"},
+                                     [topics["input"]])
+    records = consume_all(consumer, 5)
+    producer = TransactionalProducer({"bootstrap.servers": kafka.bootstrap_servers}, f"txn-{unique}")
+    producer.init()
+    producer.begin()
+    for record in records:
+        producer.produce(topics["output"], record.value().upper(), key=record.key())
+    producer.send_offsets([TopicPartition(topics["input"], 0, records[-1].offset() + 1)], consumer.group_metadata())
+    return consumer, producer, records
+
+
+def committed_offset(consumer, topic):
+    return consumer.committed([TopicPartition(topic, 0)])[(topic, 0)]
+
+
+def test_a_committed_transaction_is_seen_by_read_committed_readers_and_moves_the_group_offset(kafka, topics, unique):
+    consumer, producer, _ = transform_in_transaction(kafka, topics, unique)
+    assert read_topic(kafka.bootstrap_servers, topics["output"], timeout=3) == []  # still open: invisible
+    # The offsets are pending in the transaction; the group has committed nothing yet.
+    assert group_offset(kafka.bootstrap_servers, f"g-{unique}", topics["input"]) < 0
+
+    producer.commit()
+
+    outputs = read_topic(kafka.bootstrap_servers, topics["output"])
+    assert [m.value() for m in outputs] == [f"RECORD-{i}".encode() for i in range(5)]
+    assert committed_offset(consumer, topics["input"]) == 5
+    consumer.close()
+    producer.close()
+
+
+def test_an_aborted_transaction_is_invisible_and_leaves_the_group_offset_alone(kafka, topics, unique):
+    consumer, producer, records = transform_in_transaction(kafka, topics, unique)
+
+    producer.abort()
+
+    assert read_topic(kafka.bootstrap_servers, topics["output"]) == []
+    # The records were written to the log, and only read_committed hides them.
+    assert len(read_topic(kafka.bootstrap_servers, topics["output"], isolation="read_uncommitted", expect=5)) == 5
+    assert committed_offset(consumer, topics["input"]) < 0
+
+    # After an abort the consumer rewinds to the committed position and sees the same records again.
+    consumer.rewind_to_committed()
+    again = consume_all(consumer, 5)
+    assert [m.offset() for m in again] == [m.offset() for m in records]
+    consumer.close()
+    producer.close()
+
+
+def test_a_second_producer_with_the_same_transactional_id_fences_the_first(kafka, topics, unique):
+    from bridge.errors import FatalKafkaError
+
+    consumer, first, _ = transform_in_transaction(kafka, topics, unique)
+    second = TransactionalProducer({"bootstrap.servers": kafka.bootstrap_servers}, f"txn-{unique}")
+    second.init()  # aborts the first one's open transaction
+
+    with pytest.raises(FatalKafkaError, match="fenced"):
+        first.commit()
+    assert read_topic(kafka.bootstrap_servers, topics["output"]) == []
+    consumer.close()
+    second.close()
