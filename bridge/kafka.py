@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from bridge.errors import FatalKafkaError, KafkaTransactionError, TransactionAborted
+from bridge.errors import BridgeError, FatalKafkaError, KafkaTransactionError, TransactionAborted
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -82,11 +82,13 @@ class TransactionalProducer:
         self.in_transaction = True
 
     def produce(self, topic: str, value: bytes | None, key: bytes | None = None,
-                headers: Headers | None = None) -> None:
-        """Queue one record in the open transaction; waits for room if librdkafka's queue is full."""
+                headers: Headers | None = None, partition: int | None = None) -> None:
+        """Queue one record in the open transaction; waits for room if librdkafka's queue is full.
+        partition None: the default partitioner (by key)."""
+        extra = {} if partition is None else {"partition": partition}
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, headers=list(headers or ()))
+                self._producer.produce(topic, value=value, key=key, headers=list(headers or ()), **extra)
                 return
             except BufferError:
                 self._producer.poll(0.05)
@@ -139,16 +141,27 @@ class ReadCommittedConsumer:
         self._consumer.subscribe(list(topics), **callbacks)
 
     def poll_batch(self, max_records: int, timeout: float) -> list[Message]:
-        """Up to max_records records; raises KafkaException on a consumer error (partition EOF is skipped)."""
+        """Up to max_records records. Transient consumer errors are logged (librdkafka recovers by itself);
+        a fatal one raises BridgeError."""
         messages = self._consumer.consume(max_records, timeout)
         records = []
         for message in messages:
             error = message.error()
             if error is None:
                 records.append(message)
+            elif error.fatal():
+                raise BridgeError(f"Kafka consumer failed: {error.str()}")
             elif error.code() != KafkaError._PARTITION_EOF:
-                raise KafkaException(error)
+                log.warning("Kafka consumer: %s", error.str())
         return records
+
+    def partition_count(self, topic: str, timeout: float = 10.0) -> int | None:
+        """Partitions of an existing topic, or None if the topic does not exist.
+        (Asked through the consumer: a producer's metadata request may auto-create the topic.)"""
+        metadata = self._consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        if metadata is None or metadata.error is not None or not metadata.partitions:
+            return None
+        return len(metadata.partitions)
 
     def assignment(self) -> list[TopicPartition]:
         return self._consumer.assignment()

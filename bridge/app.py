@@ -1,0 +1,233 @@
+"""The run loop: owns Kafka. Poll a batch, transform it, produce the outcomes and commit them with the input
+offsets in one transaction; pause when the model server is down; shut down cleanly on SIGTERM/SIGINT.
+
+Processing is synchronous between polls, so a rebalance (which only happens inside poll) never meets a
+half-processed batch: the revoke callback only has to commit or abort the open transaction. A batch is
+bounded by the fetch deadline plus the retry budget, which config validation keeps below max.poll.interval.ms.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+
+import grpc
+from confluent_kafka import TopicPartition
+
+from bridge.checkpoint import Checkpoint, OutputTopics
+from bridge.config import Settings
+from bridge.errors import BridgeError, ConfigError, ModelNotFound, ModelServerUnavailable, SignatureError
+from bridge.fetch import FetchLimits, ImageFetcher
+from bridge.kafka import PartitionKey, ReadCommittedConsumer, TransactionalProducer
+from bridge.metrics import Throughput
+from bridge.model_client import ModelServerClient
+from bridge.pipeline import BatchingPolicy, Pipeline
+from bridge.predictor import Predictor, RetryPolicy
+from bridge.preprocess import Preprocessor, ScaleSpec
+from bridge.records import Record
+from bridge.signature import ImageSignature
+
+log = logging.getLogger(__name__)
+POLL_TIMEOUT = 0.2
+
+
+class StopSignal:
+    """Set by SIGTERM/SIGINT; a second signal exits at once (nothing uncommitted is lost: it is redone)."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def install(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self.event.is_set():
+            raise SystemExit(130)
+        log.info("received %s: finishing the current batch and stopping", signal.Signals(signum).name)
+        self.event.set()
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+
+def model_client(settings: Settings) -> ModelServerClient:
+    credentials = None
+    if settings.grpc_tls:
+        root = open(settings.grpc_ca_cert, "rb").read() if settings.grpc_ca_cert else None
+        credentials = grpc.ssl_channel_credentials(root_certificates=root)
+    return ModelServerClient(settings.model_server, settings.model_target(),
+                             timeout=settings.grpc_timeout_ms / 1000, credentials=credentials)
+
+
+def wait_for_model(client: ModelServerClient, timeout: float, stop: StopSignal) -> ImageSignature:
+    """Check the model and read its signature before consuming anything.
+
+    NOT_FOUND / FAILED_PRECONDITION / an unusable signature are configuration errors; an unreachable server
+    is waited for until `timeout`.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if client.is_available():
+                return client.signature()
+        except (ModelNotFound, SignatureError) as exc:
+            raise ConfigError(str(exc)) from None
+        if time.monotonic() >= deadline or stop.is_set():
+            raise BridgeError(f"model server {client.address} has no AVAILABLE version of "
+                              f"{client.target.describe()} after {timeout:.0f}s")
+        log.info("waiting for %s at %s", client.target.describe(), client.address)
+        stop.event.wait(1.0)
+
+
+class BridgeLoop:
+    def __init__(self, settings: Settings, consumer_factory: Callable[..., ReadCommittedConsumer],
+                 producer: TransactionalProducer, pipeline: Pipeline, client: ModelServerClient,
+                 stop: StopSignal) -> None:
+        self.settings = settings
+        self.producer = producer
+        self.pipeline = pipeline
+        self.client = client
+        self.stop = stop
+        self.paused = False
+        self.metrics = Throughput(settings.metrics_interval_ms / 1000)
+        self.consumer = consumer_factory(on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                         on_lost=self._on_lost)
+        self.checkpoint = Checkpoint(producer, self.consumer, self._output_topics())
+        self.poll_size = settings.max_batch_size * settings.max_in_flight
+        self._last_commit = time.monotonic()
+        self._next_status_check = 0.0
+
+    def _output_topics(self) -> OutputTopics:
+        settings = self.settings
+        partitions = {}
+        for topic in (settings.input_topic, settings.output_topic, settings.dead_letter_topic):
+            count = self.consumer.partition_count(topic)
+            if count is None:
+                raise ConfigError(f"topic {topic!r} does not exist on {settings.bootstrap_servers}; create it first")
+            partitions[topic] = count
+        return OutputTopics(settings.output_topic, settings.dead_letter_topic, partitions)
+
+    def run(self) -> None:
+        log.info("consuming %s as group %s, transactional.id %s", self.settings.input_topic,
+                 self.settings.group_id, self.producer.transactional_id)
+        while not self.stop.is_set():
+            if self.paused:
+                self._wait_for_model()
+                continue
+            messages = self.consumer.poll_batch(self.poll_size, POLL_TIMEOUT)
+            if messages:
+                self._process([Record.from_message(m) for m in messages])
+            if self.checkpoint.pending and self._commit_due():
+                self._commit()
+            self.metrics.maybe_log()
+        self._commit()
+
+    def _process(self, records: list[Record]) -> None:
+        try:
+            outcomes = self.pipeline.process(records)
+        except ModelServerUnavailable as exc:
+            log.warning("model server unavailable beyond the retry budget (%s): pausing input", exc)
+            self.checkpoint.abort(also_rewind=_first_offsets(records))
+            self._pause()
+            return
+        self.checkpoint.add(records, outcomes)
+        self.metrics.processed(outcomes)
+
+    def _commit_due(self) -> bool:
+        interval = self.settings.commit_interval_ms / 1000
+        return interval <= 0 or time.monotonic() - self._last_commit >= interval
+
+    def _commit(self) -> None:
+        if self.checkpoint.pending:
+            pending = self.checkpoint.pending
+            if self.checkpoint.commit():
+                self.metrics.committed(pending)
+        self._last_commit = time.monotonic()
+
+    # Backpressure: paused partitions return nothing, but polling keeps the group membership alive.
+    def _pause(self) -> None:
+        self.paused = True
+        self.consumer.pause(self.consumer.assignment())
+        self._next_status_check = time.monotonic() + self.settings.resume_check_interval_ms / 1000
+
+    def _wait_for_model(self) -> None:
+        stray = self.consumer.poll_batch(self.poll_size, POLL_TIMEOUT)
+        if stray:  # from a partition assigned while paused: read them again after resuming
+            self.consumer.seek(_first_offsets([Record.from_message(m) for m in stray]))
+            self.consumer.pause(self.consumer.assignment())
+        if time.monotonic() < self._next_status_check:
+            return
+        if self.client.is_available():
+            log.info("model server is AVAILABLE again: resuming input")
+            self.paused = False
+            self.consumer.resume(self.consumer.assignment())
+        else:
+            self._next_status_check = time.monotonic() + self.settings.resume_check_interval_ms / 1000
+
+    # Rebalance callbacks run inside poll(), between batches: only the open transaction needs settling.
+    def _on_assign(self, partitions: list[TopicPartition]) -> None:
+        log.info("assigned %s", _describe(partitions))
+
+    def _on_revoke(self, partitions: list[TopicPartition]) -> None:
+        log.info("revoked %s", _describe(partitions))
+        if self.checkpoint.pending:
+            self._commit()
+
+    def _on_lost(self, partitions: list[TopicPartition]) -> None:
+        log.warning("lost %s: aborting the open transaction", _describe(partitions))
+        if self.checkpoint.pending:
+            self.checkpoint.abort(keep_positions_of={(tp.topic, tp.partition) for tp in partitions})
+
+
+def _first_offsets(records: list[Record]) -> dict[PartitionKey, int]:
+    first: dict[PartitionKey, int] = {}
+    for record in records:
+        first.setdefault((record.topic, record.partition), record.offset)
+    return first
+
+
+def _describe(partitions: list[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "nothing"
+
+
+def run_bridge(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT; returns the exit code. Raises ConfigError / BridgeError for the CLI."""
+    stop = StopSignal()
+    stop.install()
+    client = model_client(settings)
+    signature = wait_for_model(client, settings.startup_timeout_ms / 1000, stop)
+    log.info("model ready: %s", signature.describe())
+    preprocessor = Preprocessor(signature, ScaleSpec(settings.input_scale, settings.input_offset))
+    fetcher = ImageFetcher(FetchLimits(
+        connect_timeout=settings.fetch_connect_timeout_ms / 1000, read_timeout=settings.fetch_read_timeout_ms / 1000,
+        deadline=settings.fetch_deadline_ms / 1000, max_bytes=settings.fetch_max_bytes,
+        max_redirects=settings.fetch_max_redirects), pool_size=settings.fetch_concurrency)
+    predictor = Predictor(client, signature, preprocessor, top_k=settings.top_k, retry=RetryPolicy(
+        budget=settings.retry_budget_ms / 1000, initial_backoff=settings.retry_initial_backoff_ms / 1000,
+        max_backoff=settings.retry_max_backoff_ms / 1000), interrupt=stop.event)
+    pipeline = Pipeline(fetcher, preprocessor, predictor, BatchingPolicy(
+        settings.max_batch_size, settings.batch_linger_ms / 1000, settings.max_in_flight),
+        fetch_concurrency=settings.fetch_concurrency)
+    producer = TransactionalProducer(settings.producer_config(), settings.derived_transactional_id())
+    producer.init()
+
+    def consumer_factory(**callbacks: Callable) -> ReadCommittedConsumer:
+        return ReadCommittedConsumer(settings.consumer_config(), [settings.input_topic], **callbacks)
+
+    loop = None
+    try:
+        loop = BridgeLoop(settings, consumer_factory, producer, pipeline, client, stop)
+        loop.run()
+    finally:
+        if loop is not None:
+            loop.consumer.close()
+        producer.close()
+        pipeline.close()
+        client.close()
+    log.info("stopped cleanly")
+    return 0

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Set up everything the demo and the tests need on a fresh machine, idempotently:
+# a venv in .venv with the bridge and its server/test extras, the Kafka jars (Maven Central), and kcat (Debian).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv" >&2
+    "$PYTHON" -m venv .venv
+fi
+# Install only when pyproject.toml changed since the last install (saves ~20 s per run).
+stamp=.venv/.tfs-bridge-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "setup: installing tfs-bridge with its server and test extras (TensorFlow is large: first time takes minutes)" >&2
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e ".[server,test]"
+    touch "$stamp"
+fi
+
+.venv/bin/python -m scripts.kafka_local fetch >/dev/null
+
+if ! command -v kcat >/dev/null 2>&1; then
+    echo "setup: installing kcat from Debian's packages" >&2
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    $sudo apt-get install -y -q kcat >/dev/null 2>&1 || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q kcat >/dev/null; }
+fi

@@ -1,0 +1,91 @@
+"""The transform with fake stages: order, dead letters, batch sizes and linger (no network)."""
+
+import threading
+import time
+
+import pytest
+
+from bridge.errors import FetchError, ImageError, ModelServerUnavailable
+from bridge.pipeline import BatchingPolicy, Pipeline
+from bridge.predictor import Classified
+from bridge.records import DeadLetter, Prediction, Record, Result
+
+
+class FakeFetcher:
+    def __init__(self, delays=None):
+        self.delays = delays or {}
+
+    def fetch(self, url):
+        time.sleep(self.delays.get(url, 0))
+        if "missing" in url:
+            raise FetchError(f"HTTP 404 from {url}")
+        return url.encode()
+
+    def close(self):
+        pass
+
+
+class FakePreprocessor:
+    def prepare(self, data):
+        if b"broken" in data:
+            raise ImageError("cannot decode image")
+        return data
+
+
+class RecordingPredictor:
+    def __init__(self, fail=False):
+        self.batches = []
+        self.fail = fail
+        self.lock = threading.Lock()
+
+    def predict(self, images):
+        with self.lock:
+            self.batches.append(list(images))
+        if self.fail:
+            raise ModelServerUnavailable("Predict: UNAVAILABLE")
+        return [Classified([Prediction(image.decode().rsplit("/", 1)[-1], 1.0)], "digits", 1, "serving_default")
+                for image in images]
+
+
+def records(values):
+    return [Record("in", 0, offset, None, value.encode()) for offset, value in enumerate(values)]
+
+
+def pipeline(predictor, fetcher=None, **batching):
+    policy = BatchingPolicy(**{"max_batch_size": 4, "linger": 0.01, "max_in_flight": 2, **batching})
+    return Pipeline(fetcher or FakeFetcher(), FakePreprocessor(), predictor, policy, fetch_concurrency=4)
+
+
+def test_outcomes_come_back_in_input_order_with_dead_letters_in_place():
+    values = ["http://h/a", "garbage", "http://h/missing", "http://h/b", "http://h/broken", "http://h/c"]
+    predictor = RecordingPredictor()
+    outcomes = pipeline(predictor).process(records(values))
+    assert [type(o).__name__ for o in outcomes] == ["Result", "DeadLetter", "DeadLetter", "Result", "DeadLetter",
+                                                     "Result"]
+    assert [o.record.offset for o in outcomes] == list(range(6))
+    assert [o.predictions[0].label for o in outcomes if isinstance(o, Result)] == ["a", "b", "c"]
+    assert [o.stage for o in outcomes if isinstance(o, DeadLetter)] == ["parse", "fetch", "preprocess"]
+
+
+def test_batches_never_exceed_the_maximum_and_cover_every_good_image_once():
+    predictor = RecordingPredictor()
+    pipeline(predictor, max_batch_size=4, linger=1.0).process(records([f"http://h/{i}" for i in range(10)]))
+    sizes = [len(batch) for batch in predictor.batches]
+    assert max(sizes) <= 4
+    assert sorted(image for batch in predictor.batches for image in batch) == \
+        sorted(f"http://h/{i}".encode() for i in range(10))
+
+
+def test_a_slow_fetch_does_not_hold_back_a_ready_batch_beyond_the_linger():
+    predictor = RecordingPredictor()
+    fetcher = FakeFetcher(delays={"http://h/slow": 0.5})
+    started = time.monotonic()
+    pipeline(predictor, fetcher, max_batch_size=8, linger=0.02).process(
+        records(["http://h/a", "http://h/b", "http://h/slow"]))
+    assert time.monotonic() - started >= 0.5
+    assert [sorted(batch) for batch in predictor.batches] == [[b"http://h/a", b"http://h/b"], [b"http://h/slow"]]
+
+
+def test_model_server_unavailable_fails_the_whole_call():
+    with pytest.raises(ModelServerUnavailable):
+        pipeline(RecordingPredictor(fail=True)).process(records(["http://h/a", "http://h/b"]))
