@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
-import grpc
 from confluent_kafka import TopicPartition
 
 from bridge.checkpoint import Checkpoint, OutputTopics
@@ -56,12 +55,8 @@ class StopSignal:
 
 
 def model_client(settings: Settings) -> ModelServerClient:
-    credentials = None
-    if settings.grpc_tls:
-        root = open(settings.grpc_ca_cert, "rb").read() if settings.grpc_ca_cert else None
-        credentials = grpc.ssl_channel_credentials(root_certificates=root)
     return ModelServerClient(settings.model_server, settings.model_target(),
-                             timeout=settings.grpc_timeout_ms / 1000, credentials=credentials)
+                             timeout=settings.seconds("grpc_timeout_ms"), credentials=settings.grpc_credentials())
 
 
 def wait_for_model(client: ModelServerClient, timeout: float, stop: StopSignal) -> ImageSignature:

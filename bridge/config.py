@@ -361,10 +361,13 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Sett
         elif isinstance(raw, bool):
             values[f.name] = raw
         else:
+            kind: Kind = f.metadata["kind"]
             try:
-                values[f.name] = f.metadata["kind"].parse(raw)
+                values[f.name] = kind.parse(raw)
             except (ValueError, ZeroDivisionError):
                 raise _invalid(f.name, raw) from None
+            if not kind.valid(values[f.name]):
+                raise _invalid(f.name, raw)  # the text as given, not as parsed
     return Settings(**values)
 
 

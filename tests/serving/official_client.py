@@ -23,7 +23,6 @@ import json
 import os
 import sys
 from collections import Counter
-from concurrent import futures
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -107,7 +106,7 @@ def fill_model_spec(target, spec: dict) -> None:
 
 
 def describe_tensor(proto) -> dict:
-    array = tf.make_ndarray(proto) if not (proto.dtype == 7 and proto.tensor_content) else None
+    array = tf.make_ndarray(proto) if not (proto.dtype == types_pb2.DT_STRING and proto.tensor_content) else None
     values = None if array is None else [
         v.decode() if isinstance(v, bytes) else v for v in array.reshape(-1).tolist()[:20]]
     return {"dtype": tf.as_dtype(proto.dtype).name,

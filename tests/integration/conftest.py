@@ -1,0 +1,68 @@
+"""Fixtures for running the bridge as a real process against the session's broker, model server and HTTP server."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.support.bridge_process import BridgeProcess
+from tests.support.kafka_io import read_topic
+
+
+@dataclass
+class BridgeTopics:
+    input: str
+    output: str
+    dead_letters: str
+    group: str
+
+    def flags(self) -> list[str]:
+        return ["--input-topic", self.input, "--output-topic", self.output,
+                "--dead-letter-topic", self.dead_letters, "--group-id", self.group]
+
+
+@pytest.fixture
+def topics(kafka, unique) -> BridgeTopics:
+    names = BridgeTopics(f"images-{unique}", f"predictions-{unique}", f"dead-{unique}", f"bridge-{unique}")
+    kafka.create_topics({names.input: 3, names.output: 3, names.dead_letters: 1})
+    return names
+
+
+@pytest.fixture
+def start_bridge(kafka, model_server, topics, tmp_path) -> Iterator[Callable[..., BridgeProcess]]:
+    """start_bridge(*extra_flags) -> a running bridge on this test's topics; every one is killed at teardown."""
+    started: list[BridgeProcess] = []
+
+    def start(*extra: str, model_address: str | None = None) -> BridgeProcess:
+        flags = ["--bootstrap-servers", kafka.bootstrap_servers, "--model-server", model_address or model_server.address,
+                 *topics.flags(), "--metrics-interval-ms", "2000", *extra]
+        bridge = BridgeProcess(tmp_path / f"bridge-{len(started)}.log", *flags).start()
+        started.append(bridge)
+        return bridge
+
+    yield start
+    for bridge in started:
+        bridge.kill()
+
+
+def read_outcomes(kafka, topics: BridgeTopics, expect: int, timeout: float = 120.0) -> tuple[list, list]:
+    """(outputs, dead letters) as a read_committed reader sees them, once `expect` records in all have arrived."""
+    outputs: list = []
+    dead: list = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        # Short reads: while the bridge holds a transaction open, the end of the topic is not reachable yet.
+        outputs = read_topic(kafka.bootstrap_servers, topics.output, timeout=2)
+        dead = read_topic(kafka.bootstrap_servers, topics.dead_letters, timeout=2)
+        if len(outputs) + len(dead) >= expect:
+            break
+        time.sleep(1)
+    return outputs, dead
+
+
+def values(messages) -> list[dict]:
+    return [json.loads(m.value()) for m in messages]
