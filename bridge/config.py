@@ -28,6 +28,7 @@ from bridge.errors import ConfigError
 from bridge.model_client import ModelTarget
 
 ENV_PREFIX = "TFS_BRIDGE_"
+LIBRDKAFKA_SESSION_TIMEOUT_MS = 45000  # librdkafka's default session.timeout.ms
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -248,8 +249,11 @@ class Settings:
 
     def consumer_config(self) -> dict[str, Any]:
         """librdkafka settings for the consumer; ReadCommittedConsumer adds the exactly-once ones."""
-        return {"bootstrap.servers": self.bootstrap_servers, "group.id": self.group_id,
-                "max.poll.interval.ms": self.max_poll_interval_ms, **self.kafka_config}
+        config = {"bootstrap.servers": self.bootstrap_servers, "group.id": self.group_id,
+                  "max.poll.interval.ms": self.max_poll_interval_ms}
+        if self.max_poll_interval_ms < LIBRDKAFKA_SESSION_TIMEOUT_MS:  # librdkafka requires session <= poll interval
+            config["session.timeout.ms"] = self.max_poll_interval_ms
+        return {**config, **self.kafka_config}
 
     def producer_config(self) -> dict[str, Any]:
         """librdkafka settings for the producer; TransactionalProducer adds the exactly-once ones."""

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from bridge.errors import BridgeError, FatalKafkaError, KafkaTransactionError, TransactionAborted
+from bridge.errors import BridgeError, ConfigError, FatalKafkaError, KafkaTransactionError, TransactionAborted
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,13 +59,21 @@ def call_transactional(what: str, call: Callable[[], T], attempts: int = 5, back
     raise AssertionError("unreachable")
 
 
+def _create(client: Callable[[dict], T], config: dict[str, Any]) -> T:
+    """A confluent-kafka client; a configuration librdkafka refuses is a ConfigError."""
+    try:
+        return client(config)
+    except (KafkaException, ValueError, TypeError) as exc:
+        raise ConfigError(f"invalid Kafka configuration: {exc.args[0].str() if _kafka_error(exc) else exc}") from None
+
+
 class TransactionalProducer:
     """A confluent-kafka Producer with a transactional.id: every produce happens inside begin()..commit()."""
 
     def __init__(self, config: Mapping[str, Any], transactional_id: str, timeout: float = 30.0) -> None:
         self.transactional_id = transactional_id
         self.timeout = timeout
-        self._producer = Producer({
+        self._producer = _create(Producer, {
             **config,
             "transactional.id": transactional_id,
             "enable.idempotence": True,
@@ -124,7 +132,7 @@ class ReadCommittedConsumer:
                  on_assign: Callable[[list[TopicPartition]], None] | None = None,
                  on_revoke: Callable[[list[TopicPartition]], None] | None = None,
                  on_lost: Callable[[list[TopicPartition]], None] | None = None) -> None:
-        self._consumer = Consumer({
+        self._consumer = _create(Consumer, {
             "auto.offset.reset": "earliest",
             **config,
             "enable.auto.commit": False,

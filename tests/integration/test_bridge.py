@@ -93,21 +93,120 @@ def test_bad_records_become_dead_letters_with_their_stage_and_good_ones_are_clas
 
 
 def test_an_image_the_model_rejects_is_isolated_by_bisection(kafka, topics, image_server, held_out, start_bridge):
-    # The "bytes" signature decodes inside TensorFlow, which cannot read WebP: INVALID_ARGUMENT for that image only.
+    # The "bytes" signature decodes inside TensorFlow, which cannot read TIFF: INVALID_ARGUMENT for that image only.
     from io import BytesIO
 
     from PIL import Image
 
-    webp = BytesIO()
-    Image.fromarray(held_out[0].pixels).save(webp, format="WEBP")
-    webp_url = image_server.add("digit.webp", webp.getvalue(), "image/webp")
+    tiff = BytesIO()
+    Image.fromarray(held_out[0].pixels).save(tiff, format="TIFF")
+    tiff_url = image_server.add("digit.tiff", tiff.getvalue(), "image/tiff")
     good = [image_server.url(image.name) for image in held_out[:7]]
-    lines = good[:3] + [webp_url] + good[3:]
+    lines = good[:3] + [tiff_url] + good[3:]
     produce(kafka.bootstrap_servers, topics.input, lines, partition=0)
     start_bridge("--signature-name", "bytes", "--batch-linger-ms", "500")
 
     outputs, dead = read_outcomes(kafka, topics, expect=len(lines))
 
     assert sorted(r["url"] for r in values(outputs)) == sorted(good)
-    assert [(d["value"], d["error"]["stage"]) for d in values(dead)] == [(webp_url, "predict")]
+    assert [(d["value"], d["error"]["stage"]) for d in values(dead)] == [(tiff_url, "predict")]
     assert "INVALID_ARGUMENT" in values(dead)[0]["error"]["message"]
+
+
+def wait_for_outputs(kafka, topics, at_least, timeout=60.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(read_topic(kafka.bootstrap_servers, topics.output, timeout=1)) >= at_least:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"fewer than {at_least} outputs after {timeout}s")
+
+
+# Short budgets so an outage longer than max.poll.interval.ms fits in a test: 12 s > 3 s + 2 s + 5 s.
+FAST_FAILURE = ("--retry-budget-ms", "3000", "--grpc-timeout-ms", "2000", "--fetch-deadline-ms", "5000",
+                "--max-poll-interval-ms", "12000", "--resume-check-interval-ms", "500")
+
+
+def test_a_model_server_outage_pauses_input_without_loss_duplicates_or_a_rebalance(
+        kafka, topics, image_server, held_out, start_bridge, models_dir):
+    import time
+
+    from serving.process import ModelServerProcess
+
+    server = ModelServerProcess(models_dir, free_port())
+    server.start()
+    try:
+        truth = send_digits(kafka, topics, image_server, held_out, 300)
+        bridge = start_bridge(*FAST_FAILURE, "--max-batch-size", "8", "--max-in-flight", "1",
+                              model_address=server.address)
+        wait_for_outputs(kafka, topics, 20)
+        server.stop()
+        time.sleep(15)  # longer than max.poll.interval.ms: only polling while paused keeps the group membership
+        more = send_digits(kafka, topics, image_server, held_out, 30, start=300)
+        server.start()
+
+        outputs, dead = read_outcomes(kafka, topics, expect=330)
+        assert_exactly_once(outputs, dead, {**truth, **more})
+        log = bridge.log()
+        assert "pausing input" in log and "resuming input" in log
+        assert "revoked" not in log and "max.poll.interval" not in log
+        assert bridge.terminate() == 0
+    finally:
+        server.stop()
+
+
+def test_a_killed_bridge_restarted_leaves_each_input_exactly_once(
+        kafka, topics, image_server, held_out, start_bridge):
+    truth = send_digits(kafka, topics, image_server, held_out, 400)
+    first = start_bridge("--transactional-id", f"{topics.group}-instance", "--max-batch-size", "8")
+    wait_for_outputs(kafka, topics, 40)
+    first.kill()  # SIGKILL: no chance to commit or abort
+
+    second = start_bridge("--transactional-id", f"{topics.group}-instance")
+    outputs, dead = read_outcomes(kafka, topics, expect=400)
+
+    assert_exactly_once(outputs, dead, truth)
+    assert second.terminate() == 0
+
+
+def test_a_second_instance_joining_mid_stream_rebalances_without_loss_or_duplicates(
+        kafka, topics, image_server, held_out, start_bridge):
+    truth = send_digits(kafka, topics, image_server, held_out, 600)
+    first = start_bridge("--max-batch-size", "8", "--max-in-flight", "1")
+    wait_for_outputs(kafka, topics, 40)
+    second = start_bridge("--max-batch-size", "8", "--max-in-flight", "1")
+
+    outputs, dead = read_outcomes(kafka, topics, expect=600)
+
+    assert_exactly_once(outputs, dead, truth)
+    assert "revoked" in first.log()
+    assert f"{topics.input}[" in second.log().split("assigned", 1)[-1]  # the newcomer got partitions
+    assert first.terminate() == 0 and second.terminate() == 0
+
+
+def test_sigterm_mid_stream_exits_0_with_committed_work_intact(kafka, topics, image_server, held_out, start_bridge):
+    import time
+
+    truth = send_digits(kafka, topics, image_server, held_out, 400)
+    bridge = start_bridge("--max-batch-size", "8", "--max-in-flight", "1")
+    wait_for_outputs(kafka, topics, 30)
+    began = time.monotonic()
+    assert bridge.terminate(timeout=30) == 0
+    assert time.monotonic() - began < 30
+    assert "stopped cleanly" in bridge.log()
+
+    # What was committed is complete: the outputs are exactly the inputs below the group's committed offsets.
+    from tests.support.kafka_io import group_offset
+
+    done = read_topic(kafka.bootstrap_servers, topics.output)
+    committed = {p: max(group_offset(kafka.bootstrap_servers, topics.group, topics.input, p), 0) for p in range(3)}
+    sources = Counter((v["source"]["partition"], v["source"]["offset"]) for v in values(done))
+    assert set(sources) == {(p, o) for p in range(3) for o in range(committed[p])}
+    assert max(sources.values()) == 1
+    assert 0 < len(done) < 400
+
+    start_bridge()  # a new instance finishes the rest, exactly once
+    outputs, dead = read_outcomes(kafka, topics, expect=400)
+    assert_exactly_once(outputs, dead, truth)
