@@ -7,40 +7,22 @@ export and the model server run as subprocesses.
 
 from __future__ import annotations
 
-import hashlib
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from scripts.kafka_local import LocalKafka, cache_dir, free_port
+from scripts.image_server import ImageServer
+from scripts.kafka_local import LocalKafka, free_port
+from scripts.local_stack import exported_models
 from tests.support.digit_images import DigitImage, held_out_images
-from tests.support.image_server import ImageServer
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _export_cache_key() -> str:
-    digest = hashlib.sha256()
-    for path in sorted((ROOT / "serving").glob("*.py")):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
     """The digits SavedModel in TF Serving's layout (<dir>/digits/1/), exported once per version of serving/."""
-    from serving.process import export_models
-
-    target = cache_dir() / "models" / _export_cache_key()
-    if not (target / "digits" / "1" / "saved_model.pb").exists():
-        staging = target.with_name(target.name + f".tmp-{uuid.uuid4().hex[:6]}")
-        export_models(staging, model="digits")
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
-    return target
+    return exported_models()
 
 
 @pytest.fixture(scope="session")

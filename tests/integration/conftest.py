@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.support.bridge_process import BridgeProcess
-from tests.support.kafka_io import read_topic
+from scripts.kafka_io import read_topic
 
 
 @dataclass

@@ -5,7 +5,7 @@ from collections import Counter, defaultdict
 import pytest
 
 from tests.integration.conftest import read_outcomes, values
-from tests.support.kafka_io import produce, read_topic
+from scripts.kafka_io import produce, read_topic
 from scripts.kafka_local import free_port
 
 pytestmark = pytest.mark.integration
@@ -198,7 +198,7 @@ def test_sigterm_mid_stream_exits_0_with_committed_work_intact(kafka, topics, im
     assert "stopped cleanly" in bridge.log()
 
     # What was committed is complete: the outputs are exactly the inputs below the group's committed offsets.
-    from tests.support.kafka_io import group_offset
+    from scripts.kafka_io import group_offset
 
     done = read_topic(kafka.bootstrap_servers, topics.output)
     committed = {p: max(group_offset(kafka.bootstrap_servers, topics.group, topics.input, p), 0) for p in range(3)}

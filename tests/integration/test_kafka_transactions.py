@@ -4,7 +4,7 @@ import pytest
 from confluent_kafka import TopicPartition
 
 from bridge.kafka import ReadCommittedConsumer, TransactionalProducer
-from tests.support.kafka_io import group_offset, produce, read_topic
+from scripts.kafka_io import group_offset, produce, read_topic
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from bridge.errors import FetchError
 from bridge.fetch import FetchLimits, ImageFetcher, sniff_image_type
-from tests.support.image_server import ImageServer
+from scripts.image_server import ImageServer
 
 
 def encode(fmt: str, size: tuple[int, int] = (16, 12)) -> bytes:
