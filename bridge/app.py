@@ -9,6 +9,7 @@ bounded by the fetch deadline plus the retry budget, which config validation kee
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -35,10 +36,12 @@ POLL_TIMEOUT = 0.2
 
 
 class StopSignal:
-    """Set by SIGTERM/SIGINT; a second signal exits at once (nothing uncommitted is lost: it is redone)."""
+    """Set by SIGTERM/SIGINT. A second signal, or a shutdown longer than `timeout`, exits at once; nothing is lost
+    then either, since uncommitted work is redone by the next owner of the partitions."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float = 30.0) -> None:
         self.event = threading.Event()
+        self.timeout = timeout
 
     def install(self) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -49,6 +52,14 @@ class StopSignal:
             raise SystemExit(130)
         log.info("received %s: finishing the current batch and stopping", signal.Signals(signum).name)
         self.event.set()
+        watchdog = threading.Timer(self.timeout, self._force_exit)
+        watchdog.daemon = True
+        watchdog.start()
+
+    def _force_exit(self) -> None:
+        log.error("shutdown took longer than %.0fs: exiting without finishing", self.timeout)
+        logging.shutdown()
+        os._exit(1)
 
     def is_set(self) -> bool:
         return self.event.is_set()
@@ -192,7 +203,7 @@ def _describe(partitions: list[TopicPartition]) -> str:
 
 def run_bridge(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code. Raises ConfigError / BridgeError for the CLI."""
-    stop = StopSignal()
+    stop = StopSignal(settings.seconds("shutdown_timeout_ms"))
     stop.install()
     client = model_client(settings)
     signature = wait_for_model(client, settings.startup_timeout_ms / 1000, stop)

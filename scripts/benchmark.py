@@ -1,0 +1,92 @@
+"""Throughput of the bridge on the local stack (real Kafka, model server, HTTP), for several settings in one run.
+
+For each variant: fresh topics, a running bridge, then N digit URLs produced at once; the clock runs from the
+first produce to the moment a read_committed reader has seen all N outputs. Reported as records/s and as a ratio
+to the first variant, since absolute numbers depend on the machine.
+
+    .venv/bin/python -m scripts.benchmark [--records 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import uuid
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from scripts.local_stack import local_stack
+
+VARIANTS: dict[str, list[str]] = {
+    "defaults (batch 32, 2 in flight, uint8)": [],
+    "no batching (batch 1, 1 in flight)": ["--max-batch-size", "1", "--max-in-flight", "1"],
+    "batch 8": ["--max-batch-size", "8"],
+    "encoded bytes signature": ["--signature-name", "bytes"],
+    "commit every 1 s": ["--commit-interval-ms", "1000"],
+}
+PARTITIONS = 3
+
+
+def wait_for(log_path, text: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log_path.exists() and text in log_path.read_text(errors="replace"):
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"the bridge never logged {text!r}; see {log_path}")
+
+
+def count_outputs(bootstrap: str, topic: str, expected: int, timeout: float) -> float:
+    """Read topic (read_committed) until `expected` records arrived; returns the arrival time of the last one."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:6]}",
+                         "isolation.level": "read_committed", "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+    seen, deadline = 0, time.monotonic() + timeout
+    try:
+        while seen < expected:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"only {seen}/{expected} outputs after {timeout:.0f}s")
+            seen += sum(1 for m in consumer.consume(1000, 0.2) if m.error() is None)
+        return time.monotonic()
+    finally:
+        consumer.close()
+
+
+def run_variant(stack, name: str, flags: list[str], records: int) -> float:
+    suffix = uuid.uuid4().hex[:6]
+    topics = {"input": f"bench-in-{suffix}", "output": f"bench-out-{suffix}", "dead": f"bench-dead-{suffix}"}
+    stack.kafka.create_topics({topic: PARTITIONS for topic in topics.values()})
+    urls = list(stack.digits.labels)
+    log_name = f"bench-{suffix}.log"
+    with stack.bridge("--input-topic", topics["input"], "--output-topic", topics["output"],
+                      "--dead-letter-topic", topics["dead"], "--group-id", f"bench-{suffix}",
+                      "--metrics-interval-ms", "0", *flags, log_name=log_name):
+        wait_for(stack.work_dir / log_name, "assigned")
+        producer = Producer({"bootstrap.servers": stack.kafka.bootstrap_servers, "linger.ms": 5})
+        started = time.monotonic()
+        for n in range(records):
+            producer.produce(topics["input"], urls[n % len(urls)].encode(), partition=n % PARTITIONS)
+        producer.flush(30)
+        finished = count_outputs(stack.kafka.bootstrap_servers, topics["output"], records, timeout=600)
+    rate = records / (finished - started)
+    print(f"  {name:<42} {rate:8.1f} records/s", flush=True)
+    return rate
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=2000)
+    args = parser.parse_args()
+    print(f"starting the local stack; {args.records} records per variant, {PARTITIONS} partitions", flush=True)
+    with local_stack(partitions=PARTITIONS, digits=200) as stack:
+        rates = {name: run_variant(stack, name, flags, args.records) for name, flags in VARIANTS.items()}
+    baseline = next(iter(rates.values()))
+    print("\nvariant                                     records/s   ratio to defaults")
+    for name, rate in rates.items():
+        print(f"  {name:<42} {rate:8.1f}   {rate / baseline:5.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
