@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class _Handler(BaseHTTPRequestHandler):
     server: "_Server"
+    protocol_version = "HTTP/1.1"  # keep-alive, so a pooled client reuses connections as with a real web server
 
     def log_message(self, *args: object) -> None:  # keep test output quiet
         pass
@@ -61,7 +62,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_big(self, size: int) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "image/png")
+        self.send_header("Connection", "close")
         self.end_headers()  # no Content-Length: the client must cap the body while streaming
+        self.close_connection = True
         chunk = b"\x89PNG\r\n\x1a\n" + bytes(65536 - 8)
         sent = 0
         while sent < size:
@@ -72,6 +75,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # the default backlog of 5 stalls bursts of concurrent fetches for a second
     files: dict[str, tuple[bytes, str]]
 
 

@@ -1,0 +1,25 @@
+# tfs-bridge: a slim Python image with the bridge and its runtime dependencies only (no TensorFlow:
+# the bridge speaks TF Serving's gRPC API through its own protos). Configured by TFS_BRIDGE_* variables.
+#   docker build -t tfs-bridge .
+#   docker run --rm tfs-bridge run --help
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# Install the package (runtime dependencies from pyproject.toml, no extras), then drop the sources.
+COPY pyproject.toml README.md /tmp/tfs-bridge/
+COPY bridge/ /tmp/tfs-bridge/bridge/
+RUN pip install --no-cache-dir /tmp/tfs-bridge \
+    && rm -rf /tmp/tfs-bridge \
+    && useradd --create-home --uid 10001 --shell /usr/sbin/nologin bridge
+
+# Defaults for the docker-compose network; override any setting with its variable (`tfs-bridge run --help`).
+ENV TFS_BRIDGE_BOOTSTRAP_SERVERS=kafka:29092 \
+    TFS_BRIDGE_MODEL_SERVER=tfserving:8500
+
+WORKDIR /home/bridge
+USER 10001
+ENTRYPOINT ["tfs-bridge"]
+CMD ["run"]
