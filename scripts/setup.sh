@@ -20,9 +20,17 @@ fi
 
 .venv/bin/python -m scripts.kafka_local fetch >/dev/null
 
-if ! command -v kcat >/dev/null 2>&1; then
-    echo "setup: installing kcat from Debian's packages" >&2
-    sudo=""
+# Debian packages: kcat (the users' flow) and docker-compose v1 (validates docker-compose.yml; no engine is
+# installed: --no-install-recommends keeps docker.io and containerd out).
+apt_install() {
+    local sudo=""
     if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-    $sudo apt-get install -y -q kcat >/dev/null 2>&1 || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q kcat >/dev/null; }
-fi
+    $sudo apt-get install -y -q --no-install-recommends "$@" >/dev/null 2>&1 \
+        || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q --no-install-recommends "$@" >/dev/null; }
+}
+for tool in kcat docker-compose; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        echo "setup: installing $tool from Debian's packages" >&2
+        apt_install "$tool"
+    fi
+done

@@ -79,25 +79,22 @@ def write_urls(path: Path, urls: list[str]) -> Path:
 
 def test_urls_sent_with_kcat_and_send_urls_come_out_as_predictions_read_with_the_console_consumer(
         kafka, topics, image_server, held_out, start_bridge, tmp_path):
-    images = held_out[:24]
-    truth = {image_server.url(image.name): image.label for image in images}
+    # Send: the README's kcat line with the sample file, then each scripts/send-urls line (URL argument or -f FILE).
+    [kcat] = commands("kcat ")
+    senders = commands("scripts/send-urls")
+    sizes = [12] + [10 if "-f" in shlex.split(line) else 1 for line in senders]
+    truth = {image_server.url(image.name): image.label for image in held_out[:sum(sizes)]}
     urls = list(truth)
+    batches = [urls[sum(sizes[:n]):sum(sizes[:n + 1])] for n in range(len(sizes))]
     missing = image_server.url("digits/missing.png")  # 404: a dead letter
 
-    # Send: the README's kcat line with the sample file, then each scripts/send-urls line (URL argument, -f FILE).
-    [kcat] = commands("kcat ")
-    sh(localized(kcat, kafka, topics, urls_file=write_urls(tmp_path / "kcat-urls.txt", urls[:12])))
-    sent = 12
-    for line in commands("scripts/send-urls"):
-        if "-f" in shlex.split(line):
-            batch = urls[sent:sent + 10]
-            command = localized(line, kafka, topics, urls_file=write_urls(tmp_path / f"urls-{sent}.txt", batch))
+    sh(localized(kcat, kafka, topics, urls_file=write_urls(tmp_path / "kcat-urls.txt", batches[0])))
+    for n, (line, batch) in enumerate(zip(senders, batches[1:])):
+        if len(batch) > 1:
+            command = localized(line, kafka, topics, urls_file=write_urls(tmp_path / f"urls-{n}.txt", batch))
         else:
-            batch = urls[sent:sent + 1]
             command = localized(line, kafka, topics, url=batch[0])
         sh(f"{command} -b {kafka.bootstrap_servers} -t {topics.input}")
-        sent += len(batch)
-    assert sent == len(urls), "the walkthrough's send-urls lines changed: adjust the URL split above"
     sh(f"scripts/send-urls -b {kafka.bootstrap_servers} -t {topics.input}", stdin=f"# comment\n\n{missing}\n")
     start_bridge()
 
