@@ -8,6 +8,7 @@ bounded by the fetch deadline plus the retry budget, which config validation kee
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -20,7 +21,7 @@ from confluent_kafka import TopicPartition
 
 from bridge.checkpoint import Checkpoint, OutputTopics
 from bridge.config import Settings
-from bridge.errors import BridgeError, ConfigError, ModelNotFound, ModelServerUnavailable, SignatureError
+from bridge.errors import BridgeError, ConfigError, ModelServerError, ModelServerUnavailable, SignatureError
 from bridge.fetch import FetchLimits, ImageFetcher
 from bridge.kafka import PartitionKey, ReadCommittedConsumer, TransactionalProducer
 from bridge.metrics import Throughput
@@ -48,8 +49,9 @@ class StopSignal:
             signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        if self.event.is_set():
-            raise SystemExit(130)
+        if self.event.is_set():  # a second signal: leave now; the open transaction is aborted by the broker
+            logging.shutdown()
+            os._exit(130)
         log.info("received %s: finishing the current batch and stopping", signal.Signals(signum).name)
         self.event.set()
         watchdog = threading.Timer(self.timeout, self._force_exit)
@@ -70,24 +72,27 @@ def model_client(settings: Settings) -> ModelServerClient:
                              timeout=settings.seconds("grpc_timeout_ms"), credentials=settings.grpc_credentials())
 
 
-def wait_for_model(client: ModelServerClient, timeout: float, stop: StopSignal) -> ImageSignature:
-    """Check the model and read its signature before consuming anything.
+def wait_for_model(client: ModelServerClient, timeout: float, stop: StopSignal) -> ImageSignature | None:
+    """Check the model and read its signature before consuming anything; None if stopped while waiting.
 
-    NOT_FOUND / FAILED_PRECONDITION / an unusable signature are configuration errors; an unreachable server
-    is waited for until `timeout`.
+    NOT_FOUND / FAILED_PRECONDITION / INVALID_ARGUMENT (e.g. an unknown version label) / an unusable signature
+    are configuration errors; an unreachable or still-loading server is waited for until `timeout`.
     """
     deadline = time.monotonic() + timeout
-    while True:
+    while not stop.is_set():
         try:
-            if client.is_available():
+            if any(status.state == "AVAILABLE" for status in client.status()):
                 return client.signature()
-        except (ModelNotFound, SignatureError) as exc:
+        except ModelServerUnavailable:
+            pass
+        except (ModelServerError, SignatureError) as exc:
             raise ConfigError(str(exc)) from None
-        if time.monotonic() >= deadline or stop.is_set():
+        if time.monotonic() >= deadline:
             raise BridgeError(f"model server {client.address} has no AVAILABLE version of "
                               f"{client.target.describe()} after {timeout:.0f}s")
         log.info("waiting for %s at %s", client.target.describe(), client.address)
         stop.event.wait(1.0)
+    return None
 
 
 class BridgeLoop:
@@ -100,6 +105,7 @@ class BridgeLoop:
         self.client = client
         self.stop = stop
         self.paused = False
+        self.broken = False  # set when an error escapes run(): close() must then abort, not commit
         self.metrics = Throughput(settings.metrics_interval_ms / 1000)
         self.consumer = consumer_factory(on_assign=self._on_assign, on_revoke=self._on_revoke,
                                          on_lost=self._on_lost)
@@ -119,6 +125,13 @@ class BridgeLoop:
         return OutputTopics(settings.output_topic, settings.dead_letter_topic, partitions)
 
     def run(self) -> None:
+        try:
+            self._run()
+        except BaseException:
+            self.broken = True
+            raise
+
+    def _run(self) -> None:
         log.info("consuming %s as group %s, transactional.id %s", self.settings.input_topic,
                  self.settings.group_id, self.producer.transactional_id)
         while not self.stop.is_set():
@@ -137,8 +150,11 @@ class BridgeLoop:
         try:
             outcomes = self.pipeline.process(records)
         except ModelServerUnavailable as exc:
-            log.warning("model server unavailable beyond the retry budget (%s): pausing input", exc)
             self.checkpoint.abort(also_rewind=_first_offsets(records))
+            if self.stop.is_set():
+                log.info("stopping: the unfinished batch will be redone by the next owner of its partitions")
+                return
+            log.warning("model server unavailable beyond the retry budget (%s): pausing input", exc)
             self._pause()
             return
         self.checkpoint.add(records, outcomes)
@@ -181,7 +197,10 @@ class BridgeLoop:
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
         log.info("revoked %s", _describe(partitions))
-        if self.checkpoint.pending:
+        if self.checkpoint.pending and self.broken:
+            with contextlib.suppress(Exception):  # best effort: the broker aborts it at transaction.timeout.ms
+                self.producer.abort()
+        elif self.checkpoint.pending:
             self._commit()
 
     def _on_lost(self, partitions: list[TopicPartition]) -> None:
@@ -207,6 +226,9 @@ def run_bridge(settings: Settings) -> int:
     stop.install()
     client = model_client(settings)
     signature = wait_for_model(client, settings.startup_timeout_ms / 1000, stop)
+    if signature is None:
+        client.close()
+        return 0
     log.info("model ready: %s", signature.describe())
     preprocessor = Preprocessor(signature, ScaleSpec(settings.input_scale, settings.input_offset))
     fetcher = ImageFetcher(FetchLimits(
@@ -230,10 +252,11 @@ def run_bridge(settings: Settings) -> int:
         loop = BridgeLoop(settings, consumer_factory, producer, pipeline, client, stop)
         loop.run()
     finally:
-        if loop is not None:
-            loop.consumer.close()
-        producer.close()
-        pipeline.close()
-        client.close()
+        closers = ([loop.consumer.close] if loop is not None else []) + [producer.close, pipeline.close, client.close]
+        for close in closers:  # each one, even if another fails; the first error is the one that matters
+            try:
+                close()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("while closing: %s", exc)
     log.info("stopped cleanly")
     return 0

@@ -117,6 +117,10 @@ class TransactionalProducer:
         call_transactional("abort_transaction", lambda: self._producer.abort_transaction(self.timeout))
         self.in_transaction = False
 
+    def flush(self) -> int:
+        """Wait until queued records reach the broker (still uncommitted); returns how many remain queued."""
+        return self._producer.flush(self.timeout)
+
     def poll(self, timeout: float = 0.0) -> int:
         """Serve delivery callbacks and librdkafka events."""
         return self._producer.poll(timeout)

@@ -27,6 +27,8 @@ _ERRORS: dict[grpc.StatusCode, type[ModelServerError]] = {
     grpc.StatusCode.UNAVAILABLE: ModelServerUnavailable,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ModelServerUnavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: ModelServerUnavailable,
+    grpc.StatusCode.CANCELLED: ModelServerUnavailable,
+    grpc.StatusCode.ABORTED: ModelServerUnavailable,
     grpc.StatusCode.NOT_FOUND: ModelNotFound,
     grpc.StatusCode.FAILED_PRECONDITION: ModelNotFound,
     grpc.StatusCode.INVALID_ARGUMENT: ModelRejectedInput,
@@ -121,10 +123,11 @@ class ModelServerClient:
                 for s in response.model_version_status]
 
     def is_available(self, timeout: float | None = None) -> bool:
-        """True when some version of the model is AVAILABLE; False when the server is unreachable or loading."""
+        """True when some version of the model is AVAILABLE; False when the server is unreachable, loading, or
+        does not know the model (yet)."""
         try:
             return any(status.state == "AVAILABLE" for status in self.status(timeout))
-        except ModelServerUnavailable:
+        except ModelServerError:
             return False
 
     def signature(self, timeout: float | None = None) -> ImageSignature:

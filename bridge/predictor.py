@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import tenacity
 
-from bridge.errors import ModelRejectedInput, ModelServerUnavailable, PredictionRejected, SignatureError
+from bridge.errors import (ModelNotFound, ModelServerError, ModelServerUnavailable, PredictionRejected,
+                           SignatureError)
 from bridge.model_client import ModelServerClient
 from bridge.preprocess import Preprocessor
 from bridge.records import Prediction
@@ -69,17 +70,38 @@ class Predictor:
         self.sleep = sleep or self.interrupt.wait  # an interruptible time.sleep
 
     def predict(self, images: Sequence[np.ndarray | bytes]) -> list[ImageOutcome]:
-        """One outcome per image, in order. Raises ModelServerUnavailable when the retry budget is spent."""
+        """One outcome per image, in order.
+
+        Raises ModelServerUnavailable when the retry budget is spent, or when the model itself became unusable
+        (unloaded, or every image rejected because its signature changed): then nothing is dead-lettered.
+        """
+        outcomes = self._bisect(images)
+        if outcomes and all(isinstance(o, PredictionRejected) for o in outcomes) and not self._model_unchanged():
+            raise ModelServerUnavailable(f"{self.client.target.describe()} rejects every image and is no longer "
+                                         "the model the bridge started with")
+        return outcomes
+
+    def _bisect(self, images: Sequence[np.ndarray | bytes]) -> list[ImageOutcome]:
         if not images:
             return []
         try:
             return self._classify(images)
-        except ModelRejectedInput as exc:
+        except ModelNotFound as exc:  # unloaded while running: wait for it rather than dead-letter everything
+            raise ModelServerUnavailable(str(exc), exc.code) from exc
+        except ModelServerUnavailable:
+            raise
+        except ModelServerError as exc:  # INVALID_ARGUMENT, or INTERNAL/UNKNOWN: find the image(s) that cause it
             if len(images) == 1:
                 return [PredictionRejected(f"model rejected the image: {exc}")]
             middle = len(images) // 2
-            log.info("model rejected a batch of %d; bisecting to find the bad image(s)", len(images))
-            return self.predict(images[:middle]) + self.predict(images[middle:])
+            log.info("model rejected a batch of %d (%s); bisecting to find the bad image(s)", len(images), exc)
+            return self._bisect(images[:middle]) + self._bisect(images[middle:])
+
+    def _model_unchanged(self) -> bool:
+        try:
+            return self.client.is_available() and self.client.signature() == self.signature
+        except (ModelServerError, SignatureError):
+            return False
 
     def _classify(self, images: Sequence[np.ndarray | bytes]) -> list[ImageOutcome]:
         batch = self.preprocessor.batch(list(images))

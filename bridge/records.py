@@ -20,6 +20,9 @@ from bridge.errors import InvalidRecord, RecordError
 
 ERROR_HEADER_PREFIX = "tfs-bridge.error."
 MAX_HEADER_MESSAGE = 500
+# A dead letter must always fit in a Kafka record (message.max.bytes is 1 MB by default): an oversized input value
+# is cut, and the dead letter says so, rather than blocking its partition.
+MAX_DEAD_LETTER_VALUE = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -118,11 +121,15 @@ class DeadLetter:
         return cls(record, error.stage, error.error_type, str(error))
 
     def value(self) -> bytes:
-        return json.dumps({
-            "error": {"stage": self.stage, "type": self.error_type, "message": self.message},
+        original = self.record.value
+        letter: dict[str, Any] = {
+            "error": {"stage": self.stage, "type": self.error_type, "message": self.message[:MAX_DEAD_LETTER_VALUE]},
             "source": self.record.source(),
-            "value": original_value(self.record.value),
-        }).encode()
+            "value": original_value(original[:MAX_DEAD_LETTER_VALUE] if original else original),
+        }
+        if original is not None and len(original) > MAX_DEAD_LETTER_VALUE:
+            letter["truncated"] = {"original_bytes": len(original), "kept_bytes": MAX_DEAD_LETTER_VALUE}
+        return json.dumps(letter).encode()
 
     def headers(self) -> list[tuple[str, bytes]]:
         return [

@@ -75,8 +75,9 @@ def to_array(proto: tensor_pb2.TensorProto) -> np.ndarray:
     shape = shape_of(proto)
     count = int(np.prod(shape, dtype=np.int64)) if shape else 1
     if proto.dtype == DataType.DT_STRING:
-        values = np.empty(len(proto.string_val), dtype=object)
-        values[:] = list(proto.string_val)
+        strings = _packed_strings(proto.tensor_content, count) if proto.tensor_content else list(proto.string_val)
+        values = np.empty(len(strings), dtype=object)
+        values[:] = strings
         return _fill(values, count, b"").reshape(shape)
     if proto.dtype not in _NUMERIC:
         raise SignatureError(f"cannot decode a {dtype_name(proto.dtype)} tensor")
@@ -89,6 +90,30 @@ def to_array(proto: tensor_pb2.TensorProto) -> np.ndarray:
     else:
         values = np.asarray(typed, dtype=np_dtype)
     return _fill(values, count, 0).reshape(shape)
+
+
+def _packed_strings(content: bytes, count: int) -> list[bytes]:
+    """TensorFlow's string tensor_content: `count` varint lengths, then the bytes of every string."""
+    lengths, position = [], 0
+    for _ in range(count):
+        length = shift = 0
+        while True:
+            if position >= len(content) or shift > 63:
+                raise SignatureError("truncated string tensor_content")
+            byte = content[position]
+            position += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        lengths.append(length)
+    if position + sum(lengths) != len(content):
+        raise SignatureError("string tensor_content lengths do not match its size")
+    strings = []
+    for length in lengths:
+        strings.append(content[position:position + length])
+        position += length
+    return strings
 
 
 def _fill(values: np.ndarray, count: int, zero: object) -> np.ndarray:

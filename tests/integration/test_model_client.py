@@ -129,3 +129,19 @@ def test_a_full_request_queue_answers_unavailable(models_dir):
         server.stop()
     assert "ok" in outcomes
     assert grpc.StatusCode.UNAVAILABLE in outcomes
+
+
+def test_responses_in_tensor_content_form_decode_the_same(models_dir, held_out):
+    """A server started like TF Serving with --enable_serialization_as_tensor_content (strings packed too)."""
+    from serving.process import ModelServerProcess
+
+    server = ModelServerProcess(models_dir, free_port(), extra_args=("--tensor-content",))
+    server.start()
+    try:
+        with client_for(server) as client:
+            signature = client.signature()
+            prediction = client.predict_images(signature, np.stack([image.pixels for image in held_out[:64]]))
+    finally:
+        server.stop()
+    assert prediction.outputs["classes"][0].tolist() == [str(d).encode() for d in range(10)]
+    assert accuracy(top_labels(prediction, signature), [image.label for image in held_out[:64]]) >= 0.90

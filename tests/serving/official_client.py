@@ -39,6 +39,7 @@ from tensorflow_serving.apis import (  # noqa: E402
 )
 
 from serving import digits  # noqa: E402
+from serving.servables import decode_string_list  # noqa: E402
 
 CHANNEL_OPTIONS = [("grpc.max_send_message_length", 2**31 - 1),
                    ("grpc.max_receive_message_length", 2**31 - 1)]
@@ -140,24 +141,9 @@ def op_predict(cmd: dict) -> dict:
 
 
 def decode_string_content(proto) -> list[str]:
-    """TF's string tensor_content encoding: all varint lengths, then all bytes."""
-    data, pos, lengths = proto.tensor_content, 0, []
+    """TF's string tensor_content encoding (all varint lengths, then all bytes), decoded by the server's own code."""
     count = int(np.prod([d.size for d in proto.tensor_shape.dim]))
-    for _ in range(count):
-        n = shift = 0
-        while True:
-            byte = data[pos]
-            pos += 1
-            n |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                break
-        lengths.append(n)
-    out = []
-    for n in lengths:
-        out.append(data[pos:pos + n].decode())
-        pos += n
-    return out
+    return [value.decode() for value in decode_string_list(proto.tensor_content, count)]
 
 
 def op_accuracy(cmd: dict) -> dict:

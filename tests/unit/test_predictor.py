@@ -6,8 +6,9 @@ import grpc
 import numpy as np
 import pytest
 
-from bridge.errors import ModelRejectedInput, ModelServerUnavailable, PredictionRejected
-from bridge.model_client import Prediction as ModelAnswer
+from bridge.errors import (ModelNotFound, ModelRejectedInput, ModelServerError, ModelServerUnavailable,
+                           PredictionRejected)
+from bridge.model_client import ModelTarget, Prediction as ModelAnswer
 from bridge.predictor import Classified, Predictor, RetryPolicy, top_k
 from bridge.signature import ImageSignature, InputKind, TensorSpec
 from bridge.tensors import DataType
@@ -25,9 +26,17 @@ class StackingPreprocessor:
 class FakeClient:
     """Answers like TF Serving: class = the image's first pixel value; images whose pixel is 99 are invalid."""
 
-    def __init__(self, failures=()):
+    def __init__(self, failures=(), signature=SIGNATURE):
         self.failures = list(failures)  # exceptions to raise before answering
         self.calls = []
+        self.target = ModelTarget("digits")
+        self.current_signature = signature  # what GetModelMetadata says now
+
+    def is_available(self):
+        return True
+
+    def signature(self):
+        return self.current_signature
 
     def predict_images(self, signature, batch):
         self.calls.append(len(batch))
@@ -99,3 +108,28 @@ def test_top_k_orders_by_score_and_falls_back_to_indices():
     scores = np.array([0.1, 0.7, 0.2], dtype=np.float32)
     assert [(p.label, round(p.score, 2)) for p in top_k(scores, None, 2)] == [("1", 0.7), ("2", 0.2)]
     assert [p.label for p in top_k(scores, LABELS, 5)] == ["one", "two", "zero"]
+
+
+def test_images_all_rejected_by_an_unchanged_model_are_dead_letters():
+    outcomes = predictor(FakeClient()).predict([image(99), image(99)])
+    assert all(isinstance(o, PredictionRejected) for o in outcomes)
+
+
+def test_all_rejected_because_the_model_changed_pauses_instead_of_dead_lettering_everything():
+    changed = ImageSignature("serving_default", TensorSpec("pixels", DataType.DT_UINT8, (-1, 2, 2, 3)),
+                             InputKind.UINT8, "scores", "classes")
+    client = FakeClient(signature=changed)
+    with pytest.raises(ModelServerUnavailable, match="no longer"):
+        predictor(client).predict([image(99), image(99), image(99)])
+
+
+def test_a_model_unloaded_mid_stream_is_waited_for_not_dead_lettered():
+    client = FakeClient(failures=[ModelNotFound("Predict: NOT_FOUND: Servable not found", grpc.StatusCode.NOT_FOUND)])
+    with pytest.raises(ModelServerUnavailable, match="NOT_FOUND"):
+        predictor(client).predict([image(1), image(2)])
+
+
+def test_an_internal_error_caused_by_one_image_is_isolated_like_a_rejection():
+    client = FakeClient(failures=[ModelServerError("Predict: INTERNAL: boom", grpc.StatusCode.INTERNAL)])
+    outcomes = predictor(client).predict([image(1), image(2)])
+    assert [type(o).__name__ for o in outcomes] == ["Classified", "Classified"]  # the retry of the halves succeeds

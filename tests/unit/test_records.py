@@ -67,3 +67,13 @@ def test_dead_letter_of_a_binary_value_carries_it_as_base64():
     raw = b"\xff\xd8\xff\x00binary"
     letter = DeadLetter.from_error(record(raw), InvalidRecord("value is not UTF-8 text"))
     assert json.loads(letter.value())["value"] == {"base64": base64.b64encode(raw).decode()}
+
+
+def test_a_huge_bad_value_is_cut_so_its_dead_letter_always_fits_in_a_kafka_record():
+    from bridge.records import MAX_DEAD_LETTER_VALUE
+
+    huge = "é".encode() * 400_000  # 800 KB of non-ASCII text: 4.8 MB once JSON-escaped if not cut
+    letter = DeadLetter.from_error(record(huge), InvalidRecord("not a URL"))
+    assert len(letter.value()) < 1_000_000
+    body = json.loads(letter.value())
+    assert body["truncated"] == {"original_bytes": len(huge), "kept_bytes": MAX_DEAD_LETTER_VALUE}

@@ -76,3 +76,20 @@ def test_too_many_values_for_the_shape_is_an_error():
 def test_unsupported_numpy_dtype_is_refused_with_a_clear_message():
     with pytest.raises(SignatureError, match="complex"):
         tensors.from_array(np.zeros(2, dtype=np.complex64))
+
+
+def test_strings_packed_in_tensor_content_decode_as_tf_serving_writes_them():
+    # --enable_serialization_as_tensor_content packs strings as all varint lengths, then all bytes.
+    labels = [b"cat", b"", b"x" * 200]
+    content = bytes([3, 0, 200, 1]) + b"".join(labels)
+    proto = tensor_pb2.TensorProto(dtype=DataType.DT_STRING, tensor_content=content)
+    proto.tensor_shape.dim.add(size=1)
+    proto.tensor_shape.dim.add(size=3)
+    assert tensors.to_array(proto).tolist() == [labels]
+
+
+def test_truncated_packed_strings_are_an_error():
+    proto = tensor_pb2.TensorProto(dtype=DataType.DT_STRING, tensor_content=bytes([5]) + b"abc")
+    proto.tensor_shape.dim.add(size=1)
+    with pytest.raises(SignatureError, match="do not match"):
+        tensors.to_array(proto)
