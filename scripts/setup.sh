@@ -13,8 +13,12 @@ fi
 stamp=.venv/.tfs-bridge-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "setup: installing tfs-bridge with its server and test extras (TensorFlow is large: first time takes minutes)" >&2
-    .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e ".[server,test]"
+    log=.venv/pip-install.log
+    if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e ".[server,test]"; } >"$log" 2>&1; then
+        cat "$log" >&2
+        echo "setup: pip install failed (log: $log)" >&2
+        exit 1
+    fi
     touch "$stamp"
 fi
 
