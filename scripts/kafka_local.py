@@ -1,7 +1,8 @@
 """A real single-node Apache Kafka broker (KRaft, broker + controller) for the demo and the tests.
 
 The jars come from Maven Central (scripts/kafka/pom.xml) into a cache outside the repository
-($TFS_BRIDGE_CACHE, default ~/.cache/tfs-bridge). Usage:
+($XDG_CACHE_HOME/tfs-bridge, default ~/.cache/tfs-bridge; not a TFS_BRIDGE_* variable,
+which the bridge reserves for its settings). Usage:
 
     python -m scripts.kafka_local fetch                 # download the jars once
     python -m scripts.kafka_local start [--port 9092]   # format storage, start, wait until ready
@@ -69,7 +70,7 @@ def kafka_version() -> str:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("TFS_BRIDGE_CACHE", Path.home() / ".cache" / "tfs-bridge"))
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tfs-bridge"
 
 
 def libs_dir() -> Path:
