@@ -106,7 +106,7 @@ class BridgeLoop:
         self.stop = stop
         self.paused = False
         self.broken = False  # set when an error escapes run(): close() must then abort, not commit
-        self.metrics = Throughput(settings.metrics_interval_ms / 1000)
+        self.metrics = Throughput(settings.seconds("metrics_interval_ms"))
         self.consumer = consumer_factory(on_assign=self._on_assign, on_revoke=self._on_revoke,
                                          on_lost=self._on_lost)
         self.checkpoint = Checkpoint(producer, self.consumer, self._output_topics())
@@ -161,7 +161,7 @@ class BridgeLoop:
         self.metrics.processed(outcomes)
 
     def _commit_due(self) -> bool:
-        interval = self.settings.commit_interval_ms / 1000
+        interval = self.settings.seconds("commit_interval_ms")
         return interval <= 0 or time.monotonic() - self._last_commit >= interval
 
     def _commit(self) -> None:
@@ -175,7 +175,10 @@ class BridgeLoop:
     def _pause(self) -> None:
         self.paused = True
         self.consumer.pause(self.consumer.assignment())
-        self._next_status_check = time.monotonic() + self.settings.resume_check_interval_ms / 1000
+        self._schedule_status_check()
+
+    def _schedule_status_check(self) -> None:
+        self._next_status_check = time.monotonic() + self.settings.seconds("resume_check_interval_ms")
 
     def _wait_for_model(self) -> None:
         stray = self.consumer.poll_batch(self.poll_size, POLL_TIMEOUT)
@@ -189,7 +192,7 @@ class BridgeLoop:
             self.paused = False
             self.consumer.resume(self.consumer.assignment())
         else:
-            self._next_status_check = time.monotonic() + self.settings.resume_check_interval_ms / 1000
+            self._schedule_status_check()
 
     # Rebalance callbacks run inside poll(), between batches: only the open transaction needs settling.
     def _on_assign(self, partitions: list[TopicPartition]) -> None:
@@ -225,21 +228,22 @@ def run_bridge(settings: Settings) -> int:
     stop = StopSignal(settings.seconds("shutdown_timeout_ms"))
     stop.install()
     client = model_client(settings)
-    signature = wait_for_model(client, settings.startup_timeout_ms / 1000, stop)
+    signature = wait_for_model(client, settings.seconds("startup_timeout_ms"), stop)
     if signature is None:
         client.close()
         return 0
     log.info("model ready: %s", signature.describe())
     preprocessor = Preprocessor(signature, ScaleSpec(settings.input_scale, settings.input_offset))
     fetcher = ImageFetcher(FetchLimits(
-        connect_timeout=settings.fetch_connect_timeout_ms / 1000, read_timeout=settings.fetch_read_timeout_ms / 1000,
-        deadline=settings.fetch_deadline_ms / 1000, max_bytes=settings.fetch_max_bytes,
+        connect_timeout=settings.seconds("fetch_connect_timeout_ms"),
+        read_timeout=settings.seconds("fetch_read_timeout_ms"),
+        deadline=settings.seconds("fetch_deadline_ms"), max_bytes=settings.fetch_max_bytes,
         max_redirects=settings.fetch_max_redirects), pool_size=settings.fetch_concurrency)
     predictor = Predictor(client, signature, preprocessor, top_k=settings.top_k, retry=RetryPolicy(
-        budget=settings.retry_budget_ms / 1000, initial_backoff=settings.retry_initial_backoff_ms / 1000,
-        max_backoff=settings.retry_max_backoff_ms / 1000), interrupt=stop.event)
+        budget=settings.seconds("retry_budget_ms"), initial_backoff=settings.seconds("retry_initial_backoff_ms"),
+        max_backoff=settings.seconds("retry_max_backoff_ms")), interrupt=stop.event)
     pipeline = Pipeline(fetcher, preprocessor, predictor, BatchingPolicy(
-        settings.max_batch_size, settings.batch_linger_ms / 1000, settings.max_in_flight),
+        settings.max_batch_size, settings.seconds("batch_linger_ms"), settings.max_in_flight),
         fetch_concurrency=settings.fetch_concurrency)
     producer = TransactionalProducer(settings.producer_config(), settings.derived_transactional_id())
     producer.init()

@@ -46,13 +46,7 @@ class Checkpoint:
         self.topics = topics
         self._first: dict[PartitionKey, int] = {}  # where to rewind to on abort
         self._next: dict[PartitionKey, int] = {}  # the positions to commit
-        self.results = 0
-        self.dead_letters = 0
-
-    @property
-    def pending(self) -> int:
-        """Records in the open transaction."""
-        return self.results + self.dead_letters
+        self.pending = 0  # records in the open transaction
 
     def add(self, records: Sequence[Record], outcomes: Sequence[Outcome]) -> None:
         """Produce the outcomes of processed records in the open transaction (begun if needed)."""
@@ -60,6 +54,7 @@ class Checkpoint:
             self.producer.begin()
         for record, outcome in zip(records, outcomes, strict=True):
             self._produce(outcome)
+            self.pending += 1
             key = (record.topic, record.partition)
             self._first.setdefault(key, record.offset)
             self._next[key] = max(self._next.get(key, 0), record.offset + 1)
@@ -68,11 +63,9 @@ class Checkpoint:
         record = outcome.record
         if isinstance(outcome, Result):
             topic, headers = self.topics.results, None
-            self.results += 1
         else:
             assert isinstance(outcome, DeadLetter)
             topic, headers = self.topics.dead_letters, outcome.headers()
-            self.dead_letters += 1
         self.producer.produce(topic, outcome.value(), key=record.key, headers=headers,
                               partition=self.topics.partition_for(topic, record))
 
@@ -109,5 +102,4 @@ class Checkpoint:
     def _clear(self) -> None:
         self._first.clear()
         self._next.clear()
-        self.results = 0
-        self.dead_letters = 0
+        self.pending = 0

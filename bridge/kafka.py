@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -121,10 +121,6 @@ class TransactionalProducer:
         """Wait until queued records reach the broker (still uncommitted); returns how many remain queued."""
         return self._producer.flush(self.timeout)
 
-    def poll(self, timeout: float = 0.0) -> int:
-        """Serve delivery callbacks and librdkafka events."""
-        return self._producer.poll(timeout)
-
     def close(self) -> None:
         self._producer.flush(self.timeout)
 
@@ -186,15 +182,6 @@ class ReadCommittedConsumer:
         """Move the read position of assigned partitions, e.g. back to the committed offsets after an abort."""
         for (topic, partition), offset in offsets.items():
             self._consumer.seek(TopicPartition(topic, partition, offset if offset >= 0 else OFFSET_BEGINNING))
-
-    def rewind_to_committed(self, partitions: Iterable[TopicPartition] | None = None) -> dict[PartitionKey, int]:
-        """Seek partitions (default: all assigned) back to the group's committed offsets; returns them."""
-        targets = list(partitions if partitions is not None else self.assignment())
-        if not targets:
-            return {}
-        committed = self.committed(targets)
-        self.seek(committed)
-        return committed
 
     def pause(self, partitions: Sequence[TopicPartition]) -> None:
         if partitions:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -75,7 +75,6 @@ class Prediction:
     model_name: str
     model_version: int
     signature_name: str
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 def rpc_error(exc: grpc.RpcError, what: str) -> ModelServerError:

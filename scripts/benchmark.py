@@ -14,8 +14,9 @@ import sys
 import time
 import uuid
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
+from scripts.kafka_io import read_topic
 from scripts.local_stack import local_stack
 
 VARIANTS: dict[str, list[str]] = {
@@ -28,31 +29,6 @@ VARIANTS: dict[str, list[str]] = {
 PARTITIONS = 3
 
 
-def wait_for(log_path, text: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if log_path.exists() and text in log_path.read_text(errors="replace"):
-            return
-        time.sleep(0.1)
-    raise SystemExit(f"the bridge never logged {text!r}; see {log_path}")
-
-
-def count_outputs(bootstrap: str, topic: str, expected: int, timeout: float) -> float:
-    """Read topic (read_committed) until `expected` records arrived; returns the arrival time of the last one."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:6]}",
-                         "isolation.level": "read_committed", "enable.auto.commit": False})
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
-    seen, deadline = 0, time.monotonic() + timeout
-    try:
-        while seen < expected:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"only {seen}/{expected} outputs after {timeout:.0f}s")
-            seen += sum(1 for m in consumer.consume(1000, 0.2) if m.error() is None)
-        return time.monotonic()
-    finally:
-        consumer.close()
-
-
 def run_variant(stack, name: str, flags: list[str], records: int) -> float:
     suffix = uuid.uuid4().hex[:6]
     topics = {"input": f"bench-in-{suffix}", "output": f"bench-out-{suffix}", "dead": f"bench-dead-{suffix}"}
@@ -61,14 +37,17 @@ def run_variant(stack, name: str, flags: list[str], records: int) -> float:
     log_name = f"bench-{suffix}.log"
     with stack.bridge("--input-topic", topics["input"], "--output-topic", topics["output"],
                       "--dead-letter-topic", topics["dead"], "--group-id", f"bench-{suffix}",
-                      "--metrics-interval-ms", "0", *flags, log_name=log_name):
-        wait_for(stack.work_dir / log_name, "assigned")
+                      "--metrics-interval-ms", "0", *flags, log_name=log_name) as bridge:
+        bridge.wait_for_log("assigned")
         producer = Producer({"bootstrap.servers": stack.kafka.bootstrap_servers, "linger.ms": 5})
         started = time.monotonic()
         for n in range(records):
             producer.produce(topics["input"], urls[n % len(urls)].encode(), partition=n % PARTITIONS)
         producer.flush(30)
-        finished = count_outputs(stack.kafka.bootstrap_servers, topics["output"], records, timeout=600)
+        outputs = read_topic(stack.kafka.bootstrap_servers, topics["output"], expect=records, timeout=600)
+        finished = time.monotonic()
+        if len(outputs) < records:
+            raise SystemExit(f"{name}: only {len(outputs)}/{records} outputs after 600s")
     rate = records / (finished - started)
     print(f"  {name:<42} {rate:8.1f} records/s", flush=True)
     return rate

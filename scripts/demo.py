@@ -41,8 +41,8 @@ def main() -> int:
             deadline = time.monotonic() + 120
             outputs, dead = [], []
             while time.monotonic() < deadline and len(outputs) + len(dead) < expected:
-                if bridge.poll() is not None:
-                    print(f"the bridge exited with {bridge.returncode}; log: {stack.work_dir / 'bridge.log'}")
+                if bridge.process.poll() is not None:
+                    print(f"the bridge exited with {bridge.process.returncode}; log: {bridge.log_path}")
                     return 1
                 outputs = read_topic(bootstrap, TOPICS["output"], timeout=2)
                 dead = read_topic(bootstrap, TOPICS["dead_letters"], timeout=2)

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scripts.bridge_process import BridgeProcess
 from scripts.image_server import ImageServer
 from scripts.kafka_local import DEFAULT_PORT, LocalKafka, cache_dir, free_port, port_open
 
@@ -52,17 +49,11 @@ class DigitSamples:
 
 
 def serve_digits(count: int) -> DigitSamples:
-    from serving.digits import digit_to_image, encode_image, load_split
+    from serving.digits import held_out_images
 
-    _, _, test_x, test_y = load_split()
     samples = DigitSamples(ImageServer().start())
-    for index in range(min(count, len(test_x))):
-        image = digit_to_image(test_x[index])
-        if index % 2 == 0:
-            url = samples.server.add(f"digits/{index}.png", encode_image(image, "PNG"), "image/png")
-        else:
-            url = samples.server.add(f"digits/{index}.jpg", encode_image(image, "JPEG"), "image/jpeg")
-        samples.labels[url] = str(int(test_y[index]))
+    for image in held_out_images(count):
+        samples.labels[samples.server.add(image.name, image.body, image.content_type)] = image.label
     return samples
 
 
@@ -73,25 +64,16 @@ class LocalStack:
     digits: DigitSamples
     work_dir: Path
 
-    def bridge_command(self, *flags: str) -> list[str]:
-        return [sys.executable, "-m", "bridge", "run", "--bootstrap-servers", self.kafka.bootstrap_servers,
-                "--model-server", self.model_address, *flags]
-
     @contextlib.contextmanager
-    def bridge(self, *flags: str, log_name: str = "bridge.log") -> Iterator[subprocess.Popen]:
-        """`tfs-bridge run` as a child process; SIGTERM (and wait) when the block ends."""
-        with open(self.work_dir / log_name, "ab") as log:
-            process = subprocess.Popen(self.bridge_command(*flags), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    def bridge(self, *flags: str, log_name: str = "bridge.log") -> Iterator[BridgeProcess]:
+        """`tfs-bridge run` on this stack as a child process; stopped with SIGTERM when the block ends."""
+        bridge = BridgeProcess(self.work_dir / log_name, "--bootstrap-servers", self.kafka.bootstrap_servers,
+                               "--model-server", self.model_address, *flags).start()
         try:
-            yield process
+            yield bridge
         finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            if bridge.process is not None and bridge.process.poll() is None:
+                bridge.terminate()
 
 
 @contextlib.contextmanager

@@ -16,7 +16,8 @@ import pytest
 from scripts.image_server import ImageServer
 from scripts.kafka_local import LocalKafka, free_port
 from scripts.local_stack import exported_models
-from tests.support.digit_images import DigitImage, held_out_images
+from serving.digits import DigitImage, held_out_images
+from serving.process import ModelServerProcess
 
 
 @pytest.fixture(scope="session")
@@ -26,9 +27,7 @@ def models_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def model_server(models_dir: Path) -> Iterator["ModelServerProcess"]:
-    from serving.process import ModelServerProcess
-
+def model_server(models_dir: Path) -> Iterator[ModelServerProcess]:
     server = ModelServerProcess(models_dir, free_port())
     server.start()
     yield server

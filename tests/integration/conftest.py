@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.support.bridge_process import BridgeProcess
+from scripts.bridge_process import BridgeProcess
 from scripts.kafka_io import read_topic
 
 

@@ -1,5 +1,6 @@
 """The bridge end to end: a real broker, real HTTP, the model server on real TensorFlow, `tfs-bridge run`."""
 
+import time
 from collections import Counter, defaultdict
 
 import pytest
@@ -114,8 +115,6 @@ def test_an_image_the_model_rejects_is_isolated_by_bisection(kafka, topics, imag
 
 
 def wait_for_outputs(kafka, topics, at_least, timeout=60.0):
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if len(read_topic(kafka.bootstrap_servers, topics.output, timeout=1)) >= at_least:
@@ -131,8 +130,6 @@ FAST_FAILURE = ("--retry-budget-ms", "3000", "--grpc-timeout-ms", "2000", "--fet
 
 def test_a_model_server_outage_pauses_input_without_loss_duplicates_or_a_rebalance(
         kafka, topics, image_server, held_out, start_bridge, models_dir):
-    import time
-
     from serving.process import ModelServerProcess
 
     server = ModelServerProcess(models_dir, free_port())
@@ -187,8 +184,6 @@ def test_a_second_instance_joining_mid_stream_rebalances_without_loss_or_duplica
 
 
 def test_sigterm_mid_stream_exits_0_with_committed_work_intact(kafka, topics, image_server, held_out, start_bridge):
-    import time
-
     truth = send_digits(kafka, topics, image_server, held_out, 400)
     bridge = start_bridge("--max-batch-size", "8", "--max-in-flight", "1")
     wait_for_outputs(kafka, topics, 30)

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from tests.support.bridge_process import ROOT
+from scripts.bridge_process import ROOT
 
 pytestmark = pytest.mark.integration
 

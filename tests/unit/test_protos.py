@@ -3,7 +3,6 @@
 import filecmp
 import subprocess
 import sys
-from pathlib import Path
 
 from scripts.gen_protos import ROOT, generate
 

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 class BridgeProcess:
     def __init__(self, log_path: Path, *flags: str, env: dict[str, str] | None = None) -> None:
+        """flags: what follows `tfs-bridge run`; stdout and stderr go to log_path."""
         self.log_path = log_path
         self.flags = list(flags)
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -39,10 +40,14 @@ class BridgeProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def terminate(self, timeout: float = 60.0) -> int:
-        """SIGTERM, as docker stop sends; returns the exit code."""
+        """SIGTERM, as docker stop sends; returns the exit code (SIGKILL if it does not exit in time)."""
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
