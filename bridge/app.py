@@ -1,5 +1,12 @@
 """The run loop: owns Kafka. Poll a batch, transform it, produce the outcomes and commit them with the input
-offsets in one transaction; pause when the model server is down; shut down cleanly on SIGTERM/SIGINT.
+offsets in one transaction; pause when the model server fails as a whole; shut down cleanly on SIGTERM/SIGINT.
+
+What stops or pauses the loop is a SystemFailure, and only that (bridge.errors):
+    ModelUnusable        abort and rewind the batch, pause the partitions, keep polling; resume once the model
+                         is AVAILABLE with the same signature and a real Predict succeeds (PauseState)
+    ModelGone            exit 1: the signature changed, or the pause outlasted --max-pause-ms
+    TransactionAborted   abort, rewind to the transaction's first offsets, redo
+    any other Kafka one  exit 1 (fatal, fenced, or a call past its deadline)
 
 Processing is synchronous between polls, so a rebalance (which only happens inside poll) never meets a
 half-processed batch: the revoke callback only has to commit or abort the open transaction. A batch is
@@ -21,14 +28,16 @@ from confluent_kafka import TopicPartition
 
 from bridge.checkpoint import Checkpoint, OutputTopics
 from bridge.config import Settings
-from bridge.errors import BridgeError, ConfigError, ModelServerError, ModelServerUnavailable, SignatureError
+from bridge.errors import (BridgeError, ConfigError, FatalKafkaError, ModelServerError, ModelServerUnavailable,
+                           ModelUnusable, SignatureError, TransactionAborted)
 from bridge.fetch import FetchLimits, ImageFetcher
 from bridge.kafka import PartitionKey, ReadCommittedConsumer, TransactionalProducer
 from bridge.metrics import Throughput
 from bridge.model_client import ModelServerClient
+from bridge.pause import PauseState
 from bridge.pipeline import BatchingPolicy, Pipeline
 from bridge.predictor import Predictor, RetryPolicy
-from bridge.preprocess import Preprocessor, ScaleSpec
+from bridge.preprocess import Preprocessor, ScaleSpec, probe_png
 from bridge.records import Record
 from bridge.signature import ImageSignature
 
@@ -97,14 +106,12 @@ def wait_for_model(client: ModelServerClient, timeout: float, stop: StopSignal) 
 
 class BridgeLoop:
     def __init__(self, settings: Settings, consumer_factory: Callable[..., ReadCommittedConsumer],
-                 producer: TransactionalProducer, pipeline: Pipeline, client: ModelServerClient,
-                 stop: StopSignal) -> None:
+                 producer: TransactionalProducer, pipeline: Pipeline, stop: StopSignal) -> None:
         self.settings = settings
         self.producer = producer
         self.pipeline = pipeline
-        self.client = client
         self.stop = stop
-        self.paused = False
+        self.pause = PauseState(settings.seconds("resume_check_interval_ms"), settings.seconds("max_pause_ms"))
         self.broken = False  # set when an error escapes run(): close() must then abort, not commit
         self.metrics = Throughput(settings.seconds("metrics_interval_ms"))
         self.consumer = consumer_factory(on_assign=self._on_assign, on_revoke=self._on_revoke,
@@ -112,7 +119,6 @@ class BridgeLoop:
         self.checkpoint = Checkpoint(producer, self.consumer, self._output_topics())
         self.poll_size = settings.max_batch_size * settings.max_in_flight
         self._last_commit = time.monotonic()
-        self._next_status_check = 0.0
 
     def _output_topics(self) -> OutputTopics:
         settings = self.settings
@@ -135,7 +141,7 @@ class BridgeLoop:
         log.info("consuming %s as group %s, transactional.id %s", self.settings.input_topic,
                  self.settings.group_id, self.producer.transactional_id)
         while not self.stop.is_set():
-            if self.paused:
+            if self.pause.paused:
                 self._wait_for_model()
                 continue
             messages = self.consumer.poll_batch(self.poll_size, POLL_TIMEOUT)
@@ -148,17 +154,22 @@ class BridgeLoop:
 
     def _process(self, records: list[Record]) -> None:
         try:
-            outcomes = self.pipeline.process(records)
-        except ModelServerUnavailable as exc:
+            messages = self.pipeline.process(records)
+        except ModelUnusable as exc:
             self.checkpoint.abort(also_rewind=_first_offsets(records))
             if self.stop.is_set():
                 log.info("stopping: the unfinished batch will be redone by the next owner of its partitions")
                 return
-            log.warning("model server unavailable beyond the retry budget (%s): pausing input", exc)
-            self._pause()
+            log.warning("model server fails as a whole (%s): pausing input; nothing is dead-lettered", exc)
+            self._pause(str(exc))
             return
-        self.checkpoint.add(records, outcomes)
-        self.metrics.processed(outcomes)
+        try:
+            self.checkpoint.add(records, messages)
+        except TransactionAborted as exc:
+            log.warning("transaction aborted while producing (%s); redoing from the committed offsets", exc)
+            self.checkpoint.abort(also_rewind=_first_offsets(records))
+            return
+        self.metrics.processed(messages)
 
     def _commit_due(self) -> bool:
         interval = self.settings.seconds("commit_interval_ms")
@@ -172,27 +183,26 @@ class BridgeLoop:
         self._last_commit = time.monotonic()
 
     # Backpressure: paused partitions return nothing, but polling keeps the group membership alive.
-    def _pause(self) -> None:
-        self.paused = True
+    def _pause(self, reason: str) -> None:
+        self.pause.pause(reason)
         self.consumer.pause(self.consumer.assignment())
-        self._schedule_status_check()
-
-    def _schedule_status_check(self) -> None:
-        self._next_status_check = time.monotonic() + self.settings.seconds("resume_check_interval_ms")
 
     def _wait_for_model(self) -> None:
         stray = self.consumer.poll_batch(self.poll_size, POLL_TIMEOUT)
         if stray:  # from a partition assigned while paused: read them again after resuming
             self.consumer.seek(_first_offsets([Record.from_message(m) for m in stray]))
             self.consumer.pause(self.consumer.assignment())
-        if time.monotonic() < self._next_status_check:
+        if not self.pause.check_due():
             return
-        if self.client.is_available():
-            log.info("model server is AVAILABLE again: resuming input")
-            self.paused = False
-            self.consumer.resume(self.consumer.assignment())
-        else:
-            self._schedule_status_check()
+        try:
+            self.pipeline.predictor.check_health()  # ModelGone goes up: exit 1
+        except ModelUnusable as exc:
+            self.pause.still_down(str(exc))
+            log.info("model server still failing (%s); input stays paused", exc)
+            return
+        paused_for = self.pause.resumed()
+        log.info("model server serves again (a Predict succeeded): resuming input after %.1f s", paused_for)
+        self.consumer.resume(self.consumer.assignment())
 
     # Rebalance callbacks run inside poll(), between batches: only the open transaction needs settling.
     def _on_assign(self, partitions: list[TopicPartition]) -> None:
@@ -239,24 +249,32 @@ def run_bridge(settings: Settings) -> int:
         read_timeout=settings.seconds("fetch_read_timeout_ms"),
         deadline=settings.seconds("fetch_deadline_ms"), max_bytes=settings.fetch_max_bytes,
         max_redirects=settings.fetch_max_redirects), pool_size=settings.fetch_concurrency)
-    predictor = Predictor(client, signature, preprocessor, top_k=settings.top_k, retry=RetryPolicy(
+    predictor = Predictor(client, signature, preprocessor.prepare(probe_png()), top_k=settings.top_k, retry=RetryPolicy(
         budget=settings.seconds("retry_budget_ms"), initial_backoff=settings.seconds("retry_initial_backoff_ms"),
         max_backoff=settings.seconds("retry_max_backoff_ms")), interrupt=stop.event)
     pipeline = Pipeline(fetcher, preprocessor, predictor, BatchingPolicy(
         settings.max_batch_size, settings.seconds("batch_linger_ms"), settings.max_in_flight),
-        fetch_concurrency=settings.fetch_concurrency)
-    producer = TransactionalProducer(settings.producer_config(), settings.derived_transactional_id())
-    producer.init()
+        fetch_concurrency=settings.fetch_concurrency, max_message_bytes=settings.max_message_bytes())
+    kafka_timeout = settings.seconds("kafka_timeout_ms")
+    producer = TransactionalProducer(settings.producer_config(), settings.derived_transactional_id(), kafka_timeout)
 
     def consumer_factory(**callbacks: Callable) -> ReadCommittedConsumer:
-        return ReadCommittedConsumer(settings.consumer_config(), [settings.input_topic], **callbacks)
+        return ReadCommittedConsumer(settings.consumer_config(), [settings.input_topic], **callbacks,
+                                     close_timeout=kafka_timeout)
 
     loop = None
+    kafka_usable = True
     try:
-        loop = BridgeLoop(settings, consumer_factory, producer, pipeline, client, stop)
+        producer.init()
+        loop = BridgeLoop(settings, consumer_factory, producer, pipeline, stop)
         loop.run()
+    except FatalKafkaError:
+        kafka_usable = False  # closing a fenced or hung client could block: leave that to the process exit
+        raise
     finally:
-        closers = ([loop.consumer.close] if loop is not None else []) + [producer.close, pipeline.close, client.close]
+        closers = [pipeline.close, client.close]
+        if kafka_usable:
+            closers = ([loop.consumer.close] if loop is not None else []) + [producer.close] + closers
         for close in closers:  # each one, even if another fails; the first error is the one that matters
             try:
                 close()

@@ -7,6 +7,9 @@ Protocol (the order of confluent-kafka's eos_transactions example, plus the abor
        then commit_transaction; results and offsets become visible together
     4. on TransactionAborted: abort, seek each partition back to the first offset of the transaction
        (= the group's committed offset), and let the loop redo the records
+
+A record Kafka refuses on its own (larger than the producer's or the topic's limit) becomes a small dead letter
+instead: at once when the producer refuses it, and on the redo when the broker's delivery report refused it.
 """
 
 from __future__ import annotations
@@ -15,11 +18,11 @@ import logging
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaError, Message, TopicPartition
 
-from bridge.errors import TransactionAborted
-from bridge.kafka import PartitionKey, ReadCommittedConsumer, TransactionalProducer
-from bridge.records import DeadLetter, Outcome, Record, Result
+from bridge.errors import OutputError, TransactionAborted
+from bridge.kafka import DeliveryCallback, PartitionKey, ReadCommittedConsumer, TransactionalProducer
+from bridge.records import DeadLetter, OutputMessage, Record, encode_dead_letter
 
 log = logging.getLogger(__name__)
 
@@ -47,27 +50,54 @@ class Checkpoint:
         self._first: dict[PartitionKey, int] = {}  # where to rewind to on abort
         self._next: dict[PartitionKey, int] = {}  # the positions to commit
         self.pending = 0  # records in the open transaction
+        self._undelivered = 0  # delivery reports with an error, in the open transaction
+        # Records whose result the broker refused, by (topic, partition, offset): dead letters when redone.
+        self.refused: dict[tuple[str, int, int], str] = {}
 
-    def add(self, records: Sequence[Record], outcomes: Sequence[Outcome]) -> None:
-        """Produce the outcomes of processed records in the open transaction (begun if needed)."""
+    def add(self, records: Sequence[Record], messages: Sequence[OutputMessage]) -> None:
+        """Produce the encoded outcomes of processed records in the open transaction (begun if needed)."""
         if not self.producer.in_transaction:
             self.producer.begin()
-        for record, outcome in zip(records, outcomes, strict=True):
-            self._produce(outcome)
+        for record, message in zip(records, messages, strict=True):
+            self._produce(message)
             self.pending += 1
             key = (record.topic, record.partition)
             self._first.setdefault(key, record.offset)
             self._next[key] = max(self._next.get(key, 0), record.offset + 1)
+        self.producer.serve_deliveries()
+        if self._undelivered:
+            raise TransactionAborted(f"{self._undelivered} record(s) of the transaction could not be delivered")
 
-    def _produce(self, outcome: Outcome) -> None:
-        record = outcome.record
-        if isinstance(outcome, Result):
-            topic, headers = self.topics.results, None
-        else:
-            assert isinstance(outcome, DeadLetter)
-            topic, headers = self.topics.dead_letters, outcome.headers()
-        self.producer.produce(topic, outcome.value(), key=record.key, headers=headers,
-                              partition=self.topics.partition_for(topic, record))
+    def _produce(self, message: OutputMessage) -> None:
+        coordinates = _coordinates(message.record)
+        if coordinates in self.refused:
+            message = self._refused_letter(message.record, self.refused[coordinates])
+        try:
+            self._send(message)
+        except OutputError as error:  # the producer refused this record alone: its dead letter instead
+            self._send(self._refused_letter(message.record, str(error)))
+
+    def _send(self, message: OutputMessage) -> None:
+        record = message.record
+        topic = self.topics.results if message.is_result else self.topics.dead_letters
+        self.producer.produce(topic, message.value, key=record.key, headers=message.headers,
+                              partition=self.topics.partition_for(topic, record),
+                              on_delivery=self._delivery_report(record))
+
+    def _refused_letter(self, record: Record, reason: str) -> OutputMessage:
+        letter = DeadLetter.from_error(record, OutputError(reason))
+        return encode_dead_letter(letter, max_bytes=0)  # the smallest form: the value cut to 1 KiB
+
+    def _delivery_report(self, record: Record) -> DeliveryCallback:
+        def report(error: KafkaError | None, message: Message) -> None:
+            if error is None:
+                return
+            self._undelivered += 1
+            log.warning("record for %s[%d]@%d not delivered to %s: %s", record.topic, record.partition,
+                        record.offset, message.topic(), error.str())
+            if error.code() in _REFUSED_RECORD and message.topic() == self.topics.results:
+                self.refused[_coordinates(record)] = f"Kafka refused the result: {error.str()}"
+        return report
 
     def commit(self) -> bool:
         """Commit outputs and offsets together. False if the transaction had to be aborted (records rewound)."""
@@ -77,10 +107,12 @@ class Checkpoint:
             offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in self._next.items()]
             self.producer.send_offsets(offsets, self.consumer.group_metadata())
             self.producer.commit()
+            self.producer.serve_deliveries()
         except TransactionAborted as exc:
             log.warning("transaction aborted (%s); redoing %d records", exc, self.pending)
             self.abort()
             return False
+        self.refused = {c: reason for c, reason in self.refused.items() if c[2] >= self._next.get(c[:2], 0)}
         self._clear()
         return True
 
@@ -103,3 +135,12 @@ class Checkpoint:
         self._first.clear()
         self._next.clear()
         self.pending = 0
+        self._undelivered = 0
+
+
+# Delivery errors that are about the record itself, not the broker's state: redoing it cannot succeed.
+_REFUSED_RECORD = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD})
+
+
+def _coordinates(record: Record) -> tuple[str, int, int]:
+    return record.topic, record.partition, record.offset

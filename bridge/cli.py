@@ -17,7 +17,7 @@ from confluent_kafka.admin import AdminClient
 
 from bridge import __version__
 from bridge.config import ArgumentParser, Settings, add_settings_arguments, settings_from_args
-from bridge.errors import BridgeError, ConfigError, ModelServerUnavailable
+from bridge.errors import BridgeError, ConfigError, FatalKafkaError, ModelServerUnavailable
 from bridge.model_client import ModelServerClient
 
 PROG = "tfs-bridge"
@@ -27,7 +27,15 @@ GROUP_KEYS = ("group.id", "max.poll.interval.ms")  # consumer-only keys an Admin
 Check = tuple[bool, str]
 
 
-def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+def _hard_exit(code: int) -> None:
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None,
+         hard_exit: Callable[[int], None] = _hard_exit) -> int:
+    """The CLI; returns the exit code. After a FatalKafkaError it exits through hard_exit instead."""
     argv = sys.argv[1:] if argv is None else list(argv)
     env = os.environ if env is None else env
     try:
@@ -40,6 +48,11 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except ConfigError as exc:
         _error(exc)
         return 2
+    except FatalKafkaError as exc:
+        _error(exc)
+        # The Kafka clients may be stuck inside librdkafka: their destructors could block a normal exit forever.
+        hard_exit(1)
+        return 1
     except BridgeError as exc:
         _error(exc)
         return 1

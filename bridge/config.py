@@ -26,6 +26,7 @@ import grpc
 
 from bridge.errors import ConfigError
 from bridge.model_client import ModelTarget
+from bridge.records import DEFAULT_MAX_MESSAGE_BYTES
 
 ENV_PREFIX = "TFS_BRIDGE_"
 LIBRDKAFKA_SESSION_TIMEOUT_MS = 45000  # librdkafka's default session.timeout.ms
@@ -109,6 +110,7 @@ FORBIDDEN_KAFKA_KEYS = {
     "transactional.id": "use --transactional-id",
     "max.poll.interval.ms": "use --max-poll-interval-ms",
     "transaction.timeout.ms": "use --transaction-timeout-ms",
+    "group.instance.id": "use --instance-name or --no-static-membership",
     "enable.auto.commit": FIXED_BY_EXACTLY_ONCE + " (false)",
     "enable.auto.offset.store": FIXED_BY_EXACTLY_ONCE + " (false)",
     "isolation.level": FIXED_BY_EXACTLY_ONCE + " (read_committed)",
@@ -134,9 +136,15 @@ class Settings:
     output_topic: str = setting("ImageOutputTopic", TOPIC, "topic the classifications go to")
     dead_letter_topic: str = setting("ImageDeadLetterTopic", TOPIC, "topic for records that cannot be classified")
     group_id: str = setting("tfs-bridge", TEXT, "Kafka consumer group")
+    instance_name: str | None = setting(
+        None, OPTIONAL_TEXT, "this instance's stable name, unique in its group (a pod or host name); names the "
+        "default transactional.id and group.instance.id", shown="(host name)")
     transactional_id: str | None = setting(
-        None, OPTIONAL_TEXT, "producer transactional.id; unset: tfs-bridge-GROUP-HOSTNAME-PID",
+        None, OPTIONAL_TEXT, "producer transactional.id; unset: tfs-bridge-GROUP-INPUT_TOPIC-INSTANCE_NAME",
         shown="(derived)")
+    static_membership: bool = setting(
+        True, BOOLEAN, "join the group as a static member (group.instance.id GROUP-INSTANCE_NAME): a restarted "
+        "instance gets its partitions back at once")
     kafka_config: dict[str, str] = setting(
         {}, KAFKA_CONFIG, "extra librdkafka setting for consumer and producer (security.protocol, sasl.*, "
         "ssl.*); repeatable; env form k=v;k=v", shown="(none)", secret=True)  # may hold passwords
@@ -170,11 +178,15 @@ class Settings:
     retry_budget_ms: int = setting(30000, POSITIVE, "total retry time for a failing model-server call")
     retry_initial_backoff_ms: int = setting(100, POSITIVE, "first retry backoff")
     retry_max_backoff_ms: int = setting(5000, POSITIVE, "largest retry backoff")
-    resume_check_interval_ms: int = setting(2000, POSITIVE, "model status check interval while paused")
+    resume_check_interval_ms: int = setting(2000, POSITIVE, "model health check interval while paused")
+    max_pause_ms: int = setting(600000, NON_NEGATIVE, "how long input may stay paused for a failing model server "
+                                "before the bridge exits 1; 0: forever")
     # Transactions and lifecycle
     commit_interval_ms: int = setting(0, NON_NEGATIVE, "time between commits; 0: one transaction per polled batch")
     max_poll_interval_ms: int = setting(300000, POSITIVE, "consumer max.poll.interval.ms")
     transaction_timeout_ms: int = setting(60000, POSITIVE, "producer transaction.timeout.ms")
+    kafka_timeout_ms: int = setting(30000, POSITIVE, "deadline of each Kafka transaction call and of closing; "
+                                    "past it the bridge exits 1")
     startup_timeout_ms: int = setting(60000, NON_NEGATIVE, "how long `run` waits for the model server at start")
     shutdown_timeout_ms: int = setting(30000, POSITIVE, "how long shutdown may take to finish the open batch")
     log_level: str = setting("INFO", LOG_LEVEL, "log level")
@@ -239,18 +251,28 @@ class Settings:
         roots = self.grpc_ca_cert.read_bytes() if self.grpc_ca_cert else None
         return grpc.ssl_channel_credentials(root_certificates=roots)
 
-    def derived_transactional_id(self) -> str:
-        """The explicit transactional.id, else one unique per running instance.
+    def instance(self) -> str:
+        """This instance's stable name: --instance-name, else the host name (a pod's name in Kubernetes)."""
+        return self.instance_name or socket.gethostname()
 
-        Host name and pid keep two instances from fencing each other; in a container (pid 1) the id is
-        stable across restarts, so a restarted instance fences its predecessor's open transaction.
+    def derived_transactional_id(self) -> str:
+        """The explicit transactional.id, else one built from the group, the input topic and the instance name.
+
+        Stable across restarts, so a restarted instance fences its predecessor at once (its open transaction is
+        aborted); unique per instance as long as instance names are unique in the group.
         """
-        return self.transactional_id or f"tfs-bridge-{self.group_id}-{socket.gethostname()}-{os.getpid()}"
+        return self.transactional_id or f"tfs-bridge-{self.group_id}-{self.input_topic}-{self.instance()}"
+
+    def max_message_bytes(self) -> int:
+        """The largest record the producer sends (librdkafka's message.max.bytes)."""
+        return int(self.kafka_config.get("message.max.bytes", DEFAULT_MAX_MESSAGE_BYTES))
 
     def consumer_config(self) -> dict[str, Any]:
         """librdkafka settings for the consumer; ReadCommittedConsumer adds the exactly-once ones."""
-        config = {"bootstrap.servers": self.bootstrap_servers, "group.id": self.group_id,
-                  "max.poll.interval.ms": self.max_poll_interval_ms}
+        config: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers, "group.id": self.group_id,
+                                  "max.poll.interval.ms": self.max_poll_interval_ms}
+        if self.static_membership:
+            config["group.instance.id"] = f"{self.group_id}-{self.instance()}"
         if self.max_poll_interval_ms < LIBRDKAFKA_SESSION_TIMEOUT_MS:  # librdkafka requires session <= poll interval
             config["session.timeout.ms"] = self.max_poll_interval_ms
         return {**config, **self.kafka_config}
@@ -311,6 +333,9 @@ def _check_kafka_config(config: Mapping[str, str]) -> None:
     for key in config:
         if key in FORBIDDEN_KAFKA_KEYS:
             raise ConfigError(f"{_names('kafka_config')} may not set {key}: {FORBIDDEN_KAFKA_KEYS[key]}")
+    limit = config.get("message.max.bytes")
+    if limit is not None and not (limit.isdigit() and int(limit) > 0):
+        raise ConfigError(f"{_names('kafka_config')} message.max.bytes must be a positive integer, got {limit!r}")
 
 
 def _env_entries(text: str) -> list[str]:

@@ -1,20 +1,30 @@
 """Every exception tfs-bridge raises, in one tree.
 
+The tree is also the failure boundary: a RecordError is about one record and becomes that record's dead letter;
+a SystemFailure is about the bridge as a whole and pauses or stops the loop, and nothing is dead-lettered
+because of it. Any other exception raised while handling one record is that record's UnexpectedRecordError.
+
     BridgeError                      root: catch this to catch anything the bridge raises on purpose
     ├── ConfigError                  a bad setting; the CLI prints one line and exits 2
-    ├── ModelServerError             a model-server gRPC call failed (.code is the grpc.StatusCode)
-    │   ├── ModelServerUnavailable   UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED: retry, then back off
-    │   ├── ModelNotFound            NOT_FOUND, FAILED_PRECONDITION: wrong model, version or signature
-    │   └── ModelRejectedInput       INVALID_ARGUMENT: the request (or one image in it) is bad
-    ├── SignatureError               the serving signature is not one the bridge can feed or read
-    ├── RecordError                  one record cannot be classified; it becomes a dead letter
+    ├── RecordError                  one record cannot be classified; it becomes a dead letter (.stage)
     │   ├── InvalidRecord            stage "parse": not a URL or JSON with a "url"
     │   ├── FetchError               stage "fetch": scheme, HTTP status, timeout, size, not an image
     │   ├── ImageError               stage "preprocess": Pillow cannot decode or convert it
-    │   └── PredictionRejected       stage "predict": the model rejected this image (INVALID_ARGUMENT)
-    └── KafkaTransactionError        a Kafka transaction call failed
-        ├── TransactionAborted       txn_requires_abort(): abort, rewind to the committed offsets, redo
-        └── FatalKafkaError          fatal(), e.g. a fenced producer: exit non-zero
+    │   ├── PredictionRejected       stage "predict": the model rejected this image alone
+    │   ├── OutputError              stage "output": the result cannot be encoded or is too large for Kafka
+    │   └── UnexpectedRecordError    any other exception while handling the record, at the stage it happened
+    ├── ModelServerError             one model-server gRPC call failed (.code); the predictor decides what it means
+    │   ├── ModelServerUnavailable   UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED...: retry, then pause
+    │   ├── ModelServerRefused       UNAUTHENTICATED, PERMISSION_DENIED, UNIMPLEMENTED: the server refuses every call
+    │   ├── ModelNotFound            NOT_FOUND, FAILED_PRECONDITION: wrong or unloaded model, version or signature
+    │   └── ModelRejectedInput       INVALID_ARGUMENT: the request (or one image in it) is bad
+    ├── SignatureError               the serving signature is not one the bridge can feed or read
+    └── SystemFailure                the bridge as a whole cannot go on right now; never a dead letter
+        ├── ModelUnusable            the model server fails as a whole: pause input until a real Predict succeeds
+        ├── ModelGone                the model changed its signature or stayed unusable too long: exit 1
+        └── KafkaTransactionError    a Kafka transaction call failed
+            ├── TransactionAborted   txn_requires_abort() (or the state error after it): abort, rewind, redo
+            └── FatalKafkaError      fatal(), e.g. a fenced producer, or a call past its deadline: exit 1
 """
 
 from __future__ import annotations
@@ -30,32 +40,10 @@ class ConfigError(BridgeError):
     """A setting is missing or invalid."""
 
 
-class ModelServerError(BridgeError):
-    """A call to the model server failed."""
-
-    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class ModelServerUnavailable(ModelServerError):
-    """The model server is down, overloaded or too slow; worth retrying later."""
-
-
-class ModelNotFound(ModelServerError):
-    """The model, version, version label or signature does not exist on the server."""
-
-
-class ModelRejectedInput(ModelServerError):
-    """The model server refused the request's inputs (INVALID_ARGUMENT)."""
-
-
-class SignatureError(BridgeError):
-    """The serving signature has inputs or outputs the bridge cannot use."""
-
+# --- one record ------------------------------------------------------------------------------------------------
 
 class RecordError(BridgeError):
-    """One input record cannot be classified. `stage` names where it failed."""
+    """One input record cannot be classified. `stage` names where it failed, `error_type` what went wrong."""
 
     stage = "record"
 
@@ -80,7 +68,65 @@ class PredictionRejected(RecordError):
     stage = "predict"
 
 
-class KafkaTransactionError(BridgeError):
+class OutputError(RecordError):
+    stage = "output"
+
+
+class UnexpectedRecordError(RecordError):
+    """An exception the bridge did not foresee, raised while handling one record at `stage`."""
+
+    def __init__(self, stage: str, cause: BaseException) -> None:
+        detail = " ".join(str(cause).split())[:300]
+        super().__init__(f"{type(cause).__name__}: {detail}" if detail else type(cause).__name__)
+        self.stage = stage
+        self.cause_type = type(cause).__name__
+
+
+# --- one model-server call -------------------------------------------------------------------------------------
+
+class ModelServerError(BridgeError):
+    """A call to the model server failed."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ModelServerUnavailable(ModelServerError):
+    """The model server is down, overloaded or too slow; worth retrying later."""
+
+
+class ModelServerRefused(ModelServerError):
+    """The model server refuses the bridge itself (credentials, permissions, method): every call would fail."""
+
+
+class ModelNotFound(ModelServerError):
+    """The model, version, version label or signature does not exist on the server."""
+
+
+class ModelRejectedInput(ModelServerError):
+    """The model server refused the request's inputs (INVALID_ARGUMENT)."""
+
+
+class SignatureError(BridgeError):
+    """The serving signature has inputs or outputs the bridge cannot use."""
+
+
+# --- the bridge as a whole -------------------------------------------------------------------------------------
+
+class SystemFailure(BridgeError):
+    """The bridge as a whole cannot go on right now; the records in hand are redone later, never dead-lettered."""
+
+
+class ModelUnusable(SystemFailure):
+    """The model server fails as a whole (down, refusing, failing every call): pause until a Predict succeeds."""
+
+
+class ModelGone(SystemFailure):
+    """The model is no longer the one the bridge started with, or stayed unusable for too long: exit non-zero."""
+
+
+class KafkaTransactionError(SystemFailure):
     """A transactional producer call failed."""
 
 
@@ -89,4 +135,4 @@ class TransactionAborted(KafkaTransactionError):
 
 
 class FatalKafkaError(KafkaTransactionError):
-    """The producer cannot continue (for example, another instance fenced it)."""
+    """The producer or consumer cannot continue (fenced, fatal error, or a call that did not return in time)."""

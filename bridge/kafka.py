@@ -1,13 +1,20 @@
 """Thin wrappers over confluent-kafka for exactly-once work: a transactional producer and a
 read_committed consumer that never commits on its own.
 
-Transaction policy (when to commit, what to redo) lives in bridge.checkpoint; this module only turns
-librdkafka's error flags into the bridge's exceptions: txn_requires_abort() -> TransactionAborted,
-fatal() -> FatalKafkaError, retriable() -> retried here.
+Transaction policy (when to commit, what to redo) lives in bridge.checkpoint; this module turns librdkafka's
+errors into the bridge's exceptions and keeps every call bounded in time:
+    txn_requires_abort(), or the state error librdkafka answers after one      -> TransactionAborted
+    fatal(), or a call that has not returned within its deadline               -> FatalKafkaError
+    retriable()                                                                -> retried until the deadline
+    a record larger than message.max.bytes                                     -> OutputError (that record's)
+librdkafka is known to ignore the timeout of some transactional calls when the group coordinator goes away, so
+each one runs on a worker thread and the caller waits for it no longer than its deadline (and stays responsive
+to signals meanwhile). librdkafka's own log lines and errors go to the "bridge.librdkafka" logger.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -15,13 +22,16 @@ from typing import Any, TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from bridge.errors import BridgeError, ConfigError, FatalKafkaError, KafkaTransactionError, TransactionAborted
+from bridge.errors import ConfigError, FatalKafkaError, KafkaTransactionError, OutputError, TransactionAborted
 
 log = logging.getLogger(__name__)
+librdkafka_log = logging.getLogger("bridge.librdkafka")
 T = TypeVar("T")
 
 Headers = Sequence[tuple[str, bytes]]
 PartitionKey = tuple[str, int]
+DeliveryCallback = Callable[[KafkaError | None, Message], None]
+GRACE = 5.0  # seconds a call may take beyond the timeout it was given before it counts as hung
 
 
 def _kafka_error(exc: KafkaException) -> KafkaError | None:
@@ -37,38 +47,73 @@ def classify(what: str, exc: KafkaException) -> KafkaTransactionError:
     if error.fatal():
         return FatalKafkaError(f"{what}: {error.str()} (fatal: another instance with the same "
                                "transactional.id may have fenced this one)")
-    if error.txn_requires_abort():
+    # After an abortable error librdkafka refuses new work with _STATE, without the abortable flag.
+    if error.txn_requires_abort() or error.code() == KafkaError._STATE:
         return TransactionAborted(f"{what}: {error.str()}")
     return KafkaTransactionError(f"{what}: {error.str()}")
 
 
-def call_transactional(what: str, call: Callable[[], T], attempts: int = 5, backoff: float = 0.5,
-                       sleep: Callable[[float], None] = time.sleep) -> T:
-    """Run a producer transaction call, retrying retriable errors and classifying the rest."""
-    for attempt in range(1, attempts + 1):
+def _retriable(error: KafkaError | None) -> bool:
+    return error is not None and error.retriable() and not error.fatal() and not error.txn_requires_abort()
+
+
+class CallGuard:
+    """Runs blocking client calls on one worker thread and waits for each no longer than its deadline."""
+
+    def __init__(self, name: str) -> None:
+        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name)
+
+    def run(self, what: str, call: Callable[[], T], deadline: float) -> T:
+        """call()'s value or exception; FatalKafkaError if it has not returned by the deadline (monotonic)."""
+        future = self._worker.submit(call)
         try:
-            return call()
+            return future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except concurrent.futures.TimeoutError:
+            # The worker stays stuck in librdkafka: this client is unusable from now on.
+            raise FatalKafkaError(f"{what} did not return within its deadline; Kafka is unreachable or its "
+                                  "coordinator moved, and librdkafka cannot recover this client") from None
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=False, cancel_futures=True)
+
+
+def call_transactional(what: str, call: Callable[[float], T], timeout: float, guard: CallGuard,
+                       sleep: Callable[[float], None] = time.sleep) -> T:
+    """Run a producer transaction call (given the seconds it may take), retrying retriable errors, all within
+    `timeout`; the rest are classified. The call runs under `guard`, so it cannot block past the deadline."""
+    deadline = time.monotonic() + timeout
+    attempt = 0
+    while True:
+        attempt += 1
+        remaining = deadline - time.monotonic()
+        try:
+            return guard.run(what, lambda: call(max(remaining, 0.1)), deadline + GRACE)
         except KafkaException as exc:
             error = _kafka_error(exc)
-            retriable = error is not None and error.retriable() and not error.fatal() \
-                and not error.txn_requires_abort()
-            if not retriable or attempt == attempts:
+            if not _retriable(error) or time.monotonic() + attempt * 0.2 >= deadline:
                 raise classify(what, exc) from exc
             log.warning("%s failed (%s); retrying", what, error.str())
-            sleep(backoff * attempt)
-    raise AssertionError("unreachable")
+            sleep(attempt * 0.2)
 
 
 def _create(client: Callable[[dict], T], config: dict[str, Any]) -> T:
-    """A confluent-kafka client; a configuration librdkafka refuses is a ConfigError."""
+    """A confluent-kafka client logging through the bridge; a configuration librdkafka refuses is a ConfigError."""
     try:
-        return client(config)
+        return client({"logger": librdkafka_log, "error_cb": _log_client_error, **config})
     except (KafkaException, ValueError, TypeError) as exc:
         raise ConfigError(f"invalid Kafka configuration: {exc.args[0].str() if _kafka_error(exc) else exc}") from None
 
 
+def _log_client_error(error: KafkaError) -> None:
+    # Transport errors (broker down, all brokers down) are what librdkafka recovers from by itself.
+    level = logging.ERROR if error.fatal() else logging.WARNING
+    librdkafka_log.log(level, "client error: %s", error.str())
+
+
 class TransactionalProducer:
-    """A confluent-kafka Producer with a transactional.id: every produce happens inside begin()..commit()."""
+    """A confluent-kafka Producer with a transactional.id: every produce happens inside begin()..commit().
+
+    timeout: the deadline of each transaction call, and how long produce() waits for room in a full queue."""
 
     def __init__(self, config: Mapping[str, Any], transactional_id: str, timeout: float = 30.0) -> None:
         self.transactional_id = transactional_id
@@ -79,50 +124,70 @@ class TransactionalProducer:
             "enable.idempotence": True,
             "acks": "all",
         })
+        self._guard = CallGuard("kafka-txn")
         self.in_transaction = False
+
+    def _transactional(self, what: str, call: Callable[[float], T]) -> T:
+        return call_transactional(what, call, self.timeout, self._guard)
 
     def init(self) -> None:
         """Register the transactional.id, fencing older instances that used it; aborts their open work."""
-        call_transactional("init_transactions", lambda: self._producer.init_transactions(self.timeout))
+        self._transactional("init_transactions", self._producer.init_transactions)
 
     def begin(self) -> None:
-        call_transactional("begin_transaction", self._producer.begin_transaction)
+        self._transactional("begin_transaction", lambda _timeout: self._producer.begin_transaction())
         self.in_transaction = True
 
     def produce(self, topic: str, value: bytes | None, key: bytes | None = None,
-                headers: Headers | None = None, partition: int | None = None) -> None:
-        """Queue one record in the open transaction; waits for room if librdkafka's queue is full.
-        partition None: the default partitioner (by key)."""
-        extra = {} if partition is None else {"partition": partition}
+                headers: Headers | None = None, partition: int | None = None,
+                on_delivery: DeliveryCallback | None = None) -> None:
+        """Queue one record in the open transaction, waiting up to `timeout` for room if librdkafka's queue is
+        full (then TransactionAborted). partition None: the default partitioner (by key).
+        OutputError if librdkafka refuses this record alone (larger than message.max.bytes)."""
+        extra: dict[str, Any] = {} if partition is None else {"partition": partition}
+        if on_delivery is not None:
+            extra["on_delivery"] = on_delivery
+        deadline = time.monotonic() + self.timeout
         while True:
             try:
                 self._producer.produce(topic, value=value, key=key, headers=list(headers or ()), **extra)
                 return
             except BufferError:
+                if time.monotonic() >= deadline:
+                    raise TransactionAborted(f"produce: librdkafka's queue stayed full for {self.timeout:g} s")
                 self._producer.poll(0.05)
             except KafkaException as exc:
+                error = _kafka_error(exc)
+                if error is not None and error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                    raise OutputError(f"Kafka refused a record of {len(value or b'')} bytes: {error.str()}") from None
                 raise classify("produce", exc) from exc
+
+    def serve_deliveries(self) -> None:
+        """Run the delivery callbacks of records that have been acknowledged or have failed."""
+        self._producer.poll(0)
 
     def send_offsets(self, offsets: Sequence[TopicPartition], group_metadata: Any) -> None:
         """Add consumer offsets (the next offset to read, per partition) to the open transaction."""
-        call_transactional("send_offsets_to_transaction",
-                           lambda: self._producer.send_offsets_to_transaction(offsets, group_metadata, self.timeout))
+        self._transactional("send_offsets_to_transaction",
+                            lambda timeout: self._producer.send_offsets_to_transaction(offsets, group_metadata,
+                                                                                       timeout))
 
     def commit(self) -> None:
         """Commit the open transaction. On TransactionAborted the caller must still call abort()."""
-        call_transactional("commit_transaction", lambda: self._producer.commit_transaction(self.timeout))
+        self._transactional("commit_transaction", self._producer.commit_transaction)
         self.in_transaction = False
 
     def abort(self) -> None:
-        call_transactional("abort_transaction", lambda: self._producer.abort_transaction(self.timeout))
+        self._transactional("abort_transaction", self._producer.abort_transaction)
         self.in_transaction = False
 
-    def flush(self) -> int:
-        """Wait until queued records reach the broker (still uncommitted); returns how many remain queued."""
-        return self._producer.flush(self.timeout)
-
     def close(self) -> None:
-        self._producer.flush(self.timeout)
+        """Deliver what is queued (within the deadline) and stop the worker thread."""
+        try:
+            self._guard.run("flush", lambda: self._producer.flush(self.timeout), time.monotonic() + self.timeout
+                            + GRACE)
+        finally:
+            self._guard.close()
 
 
 class ReadCommittedConsumer:
@@ -131,7 +196,8 @@ class ReadCommittedConsumer:
     def __init__(self, config: Mapping[str, Any], topics: Sequence[str], *,
                  on_assign: Callable[[list[TopicPartition]], None] | None = None,
                  on_revoke: Callable[[list[TopicPartition]], None] | None = None,
-                 on_lost: Callable[[list[TopicPartition]], None] | None = None) -> None:
+                 on_lost: Callable[[list[TopicPartition]], None] | None = None, close_timeout: float = 30.0) -> None:
+        self.close_timeout = close_timeout
         self._consumer = _create(Consumer, {
             "auto.offset.reset": "earliest",
             **config,
@@ -150,7 +216,7 @@ class ReadCommittedConsumer:
 
     def poll_batch(self, max_records: int, timeout: float) -> list[Message]:
         """Up to max_records records. Transient consumer errors are logged (librdkafka recovers by itself);
-        a fatal one raises BridgeError."""
+        a fatal one (e.g. another member with the same group.instance.id) raises FatalKafkaError."""
         messages = self._consumer.consume(max_records, timeout)
         records = []
         for message in messages:
@@ -158,7 +224,7 @@ class ReadCommittedConsumer:
             if error is None:
                 records.append(message)
             elif error.fatal():
-                raise BridgeError(f"Kafka consumer failed: {error.str()}")
+                raise FatalKafkaError(f"Kafka consumer failed: {error.str()}")
             elif error.code() != KafkaError._PARTITION_EOF:
                 log.warning("Kafka consumer: %s", error.str())
         return records
@@ -195,4 +261,9 @@ class ReadCommittedConsumer:
         return self._consumer.consumer_group_metadata()
 
     def close(self) -> None:
-        self._consumer.close()
+        """Leave the group (running the revoke callback) within close_timeout; FatalKafkaError if it hangs."""
+        guard = CallGuard("kafka-close")
+        try:
+            guard.run("closing the consumer", self._consumer.close, time.monotonic() + self.close_timeout)
+        finally:
+            guard.close()

@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from bridge.records import Outcome, Result
+from bridge.records import OutputMessage
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +21,10 @@ class Throughput:
         self._since = clock()
         self._committed_at_last_log = 0
 
-    def processed(self, outcomes: Sequence[Outcome]) -> None:
-        results = sum(isinstance(outcome, Result) for outcome in outcomes)
+    def processed(self, messages: Sequence[OutputMessage]) -> None:
+        results = sum(message.is_result for message in messages)
         self.results += results
-        self.dead_letters += len(outcomes) - results
+        self.dead_letters += len(messages) - results
 
     def committed(self, records: int) -> None:
         self.committed_records += records

@@ -9,8 +9,8 @@ import grpc
 import numpy as np
 
 from bridge import tensors
-from bridge.errors import (ModelNotFound, ModelRejectedInput, ModelServerError, ModelServerUnavailable,
-                           SignatureError)
+from bridge.errors import (ModelNotFound, ModelRejectedInput, ModelServerError, ModelServerRefused,
+                           ModelServerUnavailable, SignatureError)
 from bridge.signature import ImageSignature, InputKind
 from bridge.tfs_api import (get_model_metadata_pb2, get_model_status_pb2, model_pb2, model_service_pb2_grpc,
                             predict_pb2, prediction_service_pb2_grpc)
@@ -29,6 +29,9 @@ _ERRORS: dict[grpc.StatusCode, type[ModelServerError]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: ModelServerUnavailable,
     grpc.StatusCode.CANCELLED: ModelServerUnavailable,
     grpc.StatusCode.ABORTED: ModelServerUnavailable,
+    grpc.StatusCode.UNAUTHENTICATED: ModelServerRefused,
+    grpc.StatusCode.PERMISSION_DENIED: ModelServerRefused,
+    grpc.StatusCode.UNIMPLEMENTED: ModelServerRefused,
     grpc.StatusCode.NOT_FOUND: ModelNotFound,
     grpc.StatusCode.FAILED_PRECONDITION: ModelNotFound,
     grpc.StatusCode.INVALID_ARGUMENT: ModelRejectedInput,

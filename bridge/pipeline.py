@@ -1,9 +1,11 @@
-"""The transform: records in, one Result or DeadLetter per record out, in the same order.
+"""The transform: records in, one encoded Result or DeadLetter per record out, in the same order.
 
 parse -> fetch + preprocess (a bounded thread pool) -> Predict batches (up to max_batch_size images, or whatever
-is ready after batch_linger; at most max_in_flight batches at once) -> top-k. Pure with respect to Kafka: it
-never touches a consumer or producer. If the model server stays unavailable beyond the retry budget, the whole
-call raises ModelServerUnavailable and produces nothing, so the caller can redo the records later.
+is ready after batch_linger; at most max_in_flight batches at once) -> top-k -> output (encoded, size-checked).
+Every per-record stage runs inside the failure boundary (bridge.isolation), so whatever goes wrong with one
+record becomes its dead letter. Pure with respect to Kafka: it never touches a consumer or producer. If the
+model server fails as a whole, the whole call raises ModelUnusable and produces nothing, so the caller can redo
+the records later.
 """
 
 from __future__ import annotations
@@ -14,13 +16,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-import numpy as np
-
-from bridge.errors import RecordError
 from bridge.fetch import ImageFetcher
-from bridge.predictor import Classified, Predictor
+from bridge.isolation import isolate
+from bridge.predictor import Classified, PreparedImage, Predictor
 from bridge.preprocess import Preprocessor
-from bridge.records import DeadLetter, ImageRequest, Outcome, Record, Result, parse_request
+from bridge.records import (DEFAULT_MAX_MESSAGE_BYTES, DeadLetter, ImageRequest, Outcome, OutputMessage, Record,
+                            Result, encode, encode_dead_letter, parse_request)
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +36,13 @@ class BatchingPolicy:
 class Pipeline:
     def __init__(self, fetcher: ImageFetcher, preprocessor: Preprocessor, predictor: Predictor,
                  batching: BatchingPolicy = BatchingPolicy(), fetch_concurrency: int = 16,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.fetcher = fetcher
         self.preprocessor = preprocessor
         self.predictor = predictor
         self.batching = batching
+        self.max_message_bytes = max_message_bytes
         self.clock = clock
         self._loaders = ThreadPoolExecutor(fetch_concurrency, thread_name_prefix="fetch")
         self._predictors = ThreadPoolExecutor(batching.max_in_flight, thread_name_prefix="predict")
@@ -49,20 +52,20 @@ class Pipeline:
         self._predictors.shutdown(cancel_futures=True)
         self.fetcher.close()
 
-    def process(self, records: Sequence[Record]) -> list[Outcome]:
+    def process(self, records: Sequence[Record]) -> list[OutputMessage]:
         started = self.clock()
         outcomes: list[Outcome | None] = [None] * len(records)
         requests: dict[int, ImageRequest] = {}
         loading: dict[Future, int] = {}
         for index, record in enumerate(records):
-            try:
-                requests[index] = parse_request(record)
-            except RecordError as error:
-                outcomes[index] = DeadLetter.from_error(record, error)
+            request = isolate("parse", record, lambda: parse_request(record))  # noqa: B023 - called at once
+            if isinstance(request, DeadLetter):
+                outcomes[index] = request
                 continue
-            loading[self._loaders.submit(self._load, requests[index].url)] = index
+            requests[index] = request
+            loading[self._loaders.submit(self._load, record, request.url)] = index
 
-        predicting = self._load_and_batch(records, loading, outcomes)
+        predicting = self._load_and_batch(loading, outcomes)
         try:
             for future, indices in predicting.items():
                 for index, answer in zip(indices, future.result()):
@@ -77,16 +80,25 @@ class Pipeline:
             for future in predicting:
                 future.cancel()
         assert all(outcome is not None for outcome in outcomes)
-        return outcomes  # type: ignore[return-value]
+        return [self._encode(outcome) for outcome in outcomes]  # type: ignore[arg-type]
 
-    def _load(self, url: str) -> np.ndarray | bytes:
-        return self.preprocessor.prepare(self.fetcher.fetch(url))
+    def _load(self, record: Record, url: str) -> PreparedImage | DeadLetter:
+        data = isolate("fetch", record, lambda: self.fetcher.fetch(url))
+        if isinstance(data, DeadLetter):
+            return data
+        return isolate("preprocess", record, lambda: self.preprocessor.prepare(data))
 
-    def _load_and_batch(self, records: Sequence[Record], loading: dict[Future, int],
+    def _encode(self, outcome: Outcome) -> OutputMessage:
+        message = isolate("output", outcome.record, lambda: encode(outcome, self.max_message_bytes))
+        if isinstance(message, DeadLetter):
+            return encode_dead_letter(message, self.max_message_bytes)
+        return message
+
+    def _load_and_batch(self, loading: dict[Future, int],
                         outcomes: list[Outcome | None]) -> dict[Future, list[int]]:
         """Collect loaded images into Predict batches as they become ready; returns batch futures."""
         predicting: dict[Future, list[int]] = {}
-        ready: list[tuple[int, np.ndarray | bytes]] = []
+        ready: list[tuple[int, PreparedImage]] = []
         first_ready_at = 0.0
 
         def dispatch() -> None:
@@ -102,10 +114,9 @@ class Pipeline:
             done, pending = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
             for future in done:
                 index = loading[future]
-                try:
-                    image = future.result()
-                except RecordError as error:
-                    outcomes[index] = DeadLetter.from_error(records[index], error)
+                image = future.result()
+                if isinstance(image, DeadLetter):
+                    outcomes[index] = image
                     continue
                 if not ready:
                     first_ready_at = self.clock()

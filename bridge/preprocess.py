@@ -7,7 +7,7 @@ and strictly: anything over it is refused, not merely warned about.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -57,19 +57,17 @@ class Preprocessor:
             return pixels.astype(np.float32) * np.float32(self.scaling.scale) + np.float32(self.scaling.offset)
         return pixels
 
-    def batch(self, items: Sequence[np.ndarray | bytes]) -> np.ndarray | list[bytes]:
-        """Prepared images as one [N, H, W, 3] array, or a list of bytes for an encoded input."""
-        if self.kind is InputKind.ENCODED:
-            return [bytes(item) for item in items]
-        if not items:
-            dtype = np.float32 if self.kind is InputKind.FLOAT32 else np.uint8
-            return np.empty((0, *self._size(), 3), dtype=dtype)
-        return np.stack(items)
-
     def _size(self) -> tuple[int, int]:
         size = self.signature.image_size
         assert size is not None  # pixel inputs always have a known (H, W)
         return size
+
+
+def probe_png(size: int = 32) -> bytes:
+    """A plain grey PNG that every image model accepts: the known-good input of health probes."""
+    out = io.BytesIO()
+    Image.new("RGB", (size, size), (128, 128, 128)).save(out, format="PNG")
+    return out.getvalue()
 
 
 def _decode_rgb(data: bytes, size: tuple[int, int]) -> np.ndarray:

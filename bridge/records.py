@@ -16,13 +16,18 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from bridge.errors import InvalidRecord, RecordError
+from bridge.errors import InvalidRecord, OutputError, RecordError
+from bridge.redact import redact_text, redact_url
 
 ERROR_HEADER_PREFIX = "tfs-bridge.error."
 MAX_HEADER_MESSAGE = 500
 # A dead letter must always fit in a Kafka record (message.max.bytes is 1 MB by default): an oversized input value
 # is cut, and the dead letter says so, rather than blocking its partition.
 MAX_DEAD_LETTER_VALUE = 64 * 1024
+MAX_ID_CHARS = 1024
+# librdkafka's default message.max.bytes; the producer refuses anything larger before sending it.
+DEFAULT_MAX_MESSAGE_BYTES = 1_000_000
+_RECORD_OVERHEAD = 512  # record header, timestamps, lengths: generous, so the estimate never falls short
 
 
 @dataclass(frozen=True)
@@ -65,21 +70,40 @@ def parse_request(record: Record) -> ImageRequest:
             body = json.loads(text)
         except json.JSONDecodeError as exc:
             raise InvalidRecord(f"invalid JSON: {exc}") from None
+        except RecursionError:
+            raise InvalidRecord("invalid JSON: nested too deeply") from None
         url = body.get("url") if isinstance(body, dict) else None
         if not isinstance(url, str) or not url.strip():
             raise InvalidRecord("JSON value has no \"url\" string")
         request_id = body.get("id")
+        if request_id is not None and not isinstance(request_id, (str, int, float, bool)):
+            raise InvalidRecord("JSON \"id\" must be a string or a number")
         request = ImageRequest(str(request_id) if request_id is not None else default_id, url.strip())
     else:
         request = ImageRequest(default_id, text)
-    parts = urlsplit(request.url)
-    if not parts.scheme or not parts.netloc or any(c.isspace() for c in request.url):
-        raise InvalidRecord(f"not a URL: {_shorten(request.url)}")
+    if len(request.id) > MAX_ID_CHARS:
+        raise InvalidRecord(f"\"id\" is longer than {MAX_ID_CHARS} characters")
+    if not _looks_like_url(request.url):
+        raise InvalidRecord(f"not a URL: {_shorten(redact_url(request.url))}")
     return request
 
 
+def _looks_like_url(text: str) -> bool:
+    if any(c.isspace() or ord(c) < 0x20 for c in text):
+        return False
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a malformed port or host
+        host = parts.hostname
+    except ValueError:  # e.g. an unclosed IPv6 bracket: http://[::1/cat.png
+        return False
+    return bool(parts.scheme) and bool(host)
+
+
 @dataclass(frozen=True)
-class Prediction:
+class ClassScore:
+    """One of an image's best classes."""
+
     label: str
     score: float
 
@@ -90,7 +114,7 @@ class Result:
 
     record: Record
     request: ImageRequest
-    predictions: list[Prediction]
+    predictions: list[ClassScore]
     model_name: str
     model_version: int
     signature_name: str
@@ -118,28 +142,64 @@ class DeadLetter:
 
     @classmethod
     def from_error(cls, record: Record, error: RecordError) -> DeadLetter:
-        return cls(record, error.stage, error.error_type, str(error))
+        return cls(record, error.stage, error.error_type, redact_text(" ".join(str(error).split())))
 
-    def value(self) -> bytes:
+    def value(self, keep_bytes: int = MAX_DEAD_LETTER_VALUE) -> bytes:
+        """The dead letter's JSON; the original value is cut to keep_bytes (the letter says so)."""
         original = self.record.value
         letter: dict[str, Any] = {
-            "error": {"stage": self.stage, "type": self.error_type, "message": self.message[:MAX_DEAD_LETTER_VALUE]},
+            "error": {"stage": self.stage, "type": self.error_type, "message": self.message[:keep_bytes]},
             "source": self.record.source(),
-            "value": original_value(original[:MAX_DEAD_LETTER_VALUE] if original else original),
+            "value": original_value(original[:keep_bytes] if original else original),
         }
-        if original is not None and len(original) > MAX_DEAD_LETTER_VALUE:
-            letter["truncated"] = {"original_bytes": len(original), "kept_bytes": MAX_DEAD_LETTER_VALUE}
+        if original is not None and len(original) > keep_bytes:
+            letter["truncated"] = {"original_bytes": len(original), "kept_bytes": keep_bytes}
         return json.dumps(letter).encode()
 
     def headers(self) -> list[tuple[str, bytes]]:
+        # "replace": a message may carry lone surrogates from a JSON value, which UTF-8 cannot encode.
         return [
-            (ERROR_HEADER_PREFIX + "stage", self.stage.encode()),
-            (ERROR_HEADER_PREFIX + "type", self.error_type.encode()),
-            (ERROR_HEADER_PREFIX + "message", self.message[:MAX_HEADER_MESSAGE].encode()),
+            (ERROR_HEADER_PREFIX + "stage", self.stage.encode("utf-8", "replace")),
+            (ERROR_HEADER_PREFIX + "type", self.error_type.encode("utf-8", "replace")),
+            (ERROR_HEADER_PREFIX + "message", self.message[:MAX_HEADER_MESSAGE].encode("utf-8", "replace")),
         ]
 
 
 Outcome = Result | DeadLetter
+
+
+@dataclass(frozen=True)
+class OutputMessage:
+    """An outcome encoded for Kafka: the bytes to produce, and whether it is a result or a dead letter."""
+
+    record: Record
+    is_result: bool
+    value: bytes
+    headers: list[tuple[str, bytes]] | None = None
+
+    def size(self) -> int:
+        """An upper bound of its size as one Kafka record, as message.max.bytes counts it."""
+        headers = sum(len(name) + len(value) for name, value in self.headers or ())
+        return len(self.value) + len(self.record.key or b"") + headers + _RECORD_OVERHEAD
+
+
+def encode(outcome: Outcome, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> OutputMessage:
+    """The outcome as a Kafka record of at most max_bytes; a result that does not fit becomes a dead letter."""
+    if isinstance(outcome, Result):
+        message = OutputMessage(outcome.record, True, outcome.value())
+        if message.size() <= max_bytes:
+            return message
+        outcome = DeadLetter.from_error(outcome.record, OutputError(
+            f"result of {len(message.value)} bytes is larger than the largest Kafka message ({max_bytes} bytes)"))
+    return encode_dead_letter(outcome, max_bytes)
+
+
+def encode_dead_letter(letter: DeadLetter, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> OutputMessage:
+    """The dead letter as a Kafka record, its original value cut further when even the usual cut is too large."""
+    message = OutputMessage(letter.record, False, letter.value(), letter.headers())
+    if message.size() > max_bytes:
+        message = OutputMessage(letter.record, False, letter.value(keep_bytes=1024), letter.headers())
+    return message
 
 
 def original_value(value: bytes | None) -> str | dict[str, str] | None:

@@ -171,9 +171,10 @@ def test_a_killed_bridge_restarted_leaves_each_input_exactly_once(
 def test_a_second_instance_joining_mid_stream_rebalances_without_loss_or_duplicates(
         kafka, topics, image_server, held_out, start_bridge):
     truth = send_digits(kafka, topics, image_server, held_out, 600)
-    first = start_bridge("--max-batch-size", "8", "--max-in-flight", "1")
+    # Two instances on one host: each needs its own name (its transactional.id and group.instance.id).
+    first = start_bridge("--max-batch-size", "8", "--max-in-flight", "1", "--instance-name", "first")
     wait_for_outputs(kafka, topics, 40)
-    second = start_bridge("--max-batch-size", "8", "--max-in-flight", "1")
+    second = start_bridge("--max-batch-size", "8", "--max-in-flight", "1", "--instance-name", "second")
 
     outputs, dead = read_outcomes(kafka, topics, expect=600)
 

@@ -11,7 +11,7 @@ import pytest
 
 from bridge import cli
 from bridge.config import Settings
-from bridge.errors import FatalKafkaError, ModelNotFound, ModelServerUnavailable
+from bridge.errors import FatalKafkaError, ModelGone, ModelNotFound, ModelServerUnavailable
 from bridge.model_client import VersionStatus
 from bridge.signature import ImageSignature, InputKind, TensorSpec
 from bridge.tensors import DataType
@@ -79,8 +79,16 @@ def test_run_hands_the_settings_to_run_bridge(fake_app):
 
 
 def test_a_bridge_error_exits_1_with_one_line(capsys, fake_app):
-    fake_app.result = FatalKafkaError("fenced\nby another instance")
+    fake_app.result = ModelGone("the serving signature\nchanged")
     assert cli.main(["run"], env={}) == 1
+    assert capsys.readouterr().err == "tfs-bridge: error: the serving signature changed\n"
+
+
+def test_a_fatal_kafka_error_exits_1_at_once_without_closing_the_clients(capsys, fake_app):
+    fake_app.result = FatalKafkaError("fenced\nby another instance")
+    exits = []
+    assert cli.main(["run"], env={}, hard_exit=exits.append) == 1
+    assert exits == [1]
     assert capsys.readouterr().err == "tfs-bridge: error: fenced by another instance\n"
 
 

@@ -16,7 +16,11 @@ SAMPLES = {
     "output_topic": ("out", "out"),
     "dead_letter_topic": ("dlq", "dlq"),
     "group_id": ("g1", "g1"),
+    "instance_name": ("bridge-0", "bridge-0"),
     "transactional_id": ("tx-1", "tx-1"),
+    "static_membership": ("false", False),
+    "max_pause_ms": ("0", 0),
+    "kafka_timeout_ms": ("5000", 5000),
     "kafka_config": ("security.protocol=SASL_SSL", {"security.protocol": "SASL_SSL"}),
     "model_server": ("tfserving:9000", "tfserving:9000"),
     "model_name": ("resnet", "resnet"),
@@ -56,7 +60,8 @@ FIELDS = [f.name for f in dataclasses.fields(Settings)]
 
 
 def flag_args(name, text):
-    return ["--grpc-tls"] if name == "grpc_tls" else [flag_name(name), text]
+    booleans = {"grpc_tls": ["--grpc-tls"], "static_membership": ["--no-static-membership"]}
+    return booleans.get(name, [flag_name(name), text])
 
 
 def error_of(argv=(), env=None):
@@ -141,8 +146,8 @@ def test_kafka_config_flag_is_repeatable_and_merges_over_the_env_form():
 
 def test_kafka_config_reaches_consumer_and_producer_configs():
     settings = parse_settings(["--kafka-config", "security.protocol=SSL", "--group-id", "g",
-                               "--bootstrap-servers", "k:1"], {})
-    assert settings.consumer_config() == {"bootstrap.servers": "k:1", "group.id": "g",
+                               "--bootstrap-servers", "k:1", "--instance-name", "pod-1"], {})
+    assert settings.consumer_config() == {"bootstrap.servers": "k:1", "group.id": "g", "group.instance.id": "g-pod-1",
                                           "max.poll.interval.ms": 300000, "security.protocol": "SSL"}
     assert settings.producer_config() == {"bootstrap.servers": "k:1", "transaction.timeout.ms": 60000,
                                           "security.protocol": "SSL"}
@@ -252,9 +257,25 @@ def test_model_target():
     assert parse_settings(["--version-label", "canary"], {}).model_target().version_label == "canary"
 
 
-def test_transactional_id_is_explicit_or_unique_per_instance():
+def test_transactional_id_is_explicit_or_stable_per_instance():
     assert Settings(transactional_id="tx").derived_transactional_id() == "tx"
-    assert Settings(group_id="g").derived_transactional_id() == f"tfs-bridge-g-{socket.gethostname()}-{os.getpid()}"
+    assert Settings(group_id="g", input_topic="in").derived_transactional_id() == \
+        f"tfs-bridge-g-in-{socket.gethostname()}"
+    assert Settings(group_id="g", input_topic="in", instance_name="pod-2").derived_transactional_id() == \
+        "tfs-bridge-g-in-pod-2"
+    assert str(os.getpid()) not in Settings().derived_transactional_id().split("-")
+
+
+def test_static_membership_uses_the_instance_name_and_can_be_turned_off():
+    assert Settings(group_id="g").consumer_config()["group.instance.id"] == f"g-{socket.gethostname()}"
+    assert "group.instance.id" not in Settings(static_membership=False).consumer_config()
+
+
+def test_max_message_bytes_follows_librdkafkas_setting():
+    assert Settings().max_message_bytes() == 1_000_000
+    assert Settings(kafka_config={"message.max.bytes": "200000"}).max_message_bytes() == 200_000
+    with pytest.raises(ConfigError, match="message.max.bytes must be a positive integer"):
+        Settings(kafka_config={"message.max.bytes": "1MB"})
 
 
 def test_seconds():

@@ -1,14 +1,15 @@
 """The transform with fake stages: order, dead letters, batch sizes and linger (no network)."""
 
+import json
 import threading
 import time
 
 import pytest
 
-from bridge.errors import FetchError, ImageError, ModelServerUnavailable
+from bridge.errors import FetchError, ImageError, ModelUnusable
 from bridge.pipeline import BatchingPolicy, Pipeline
 from bridge.predictor import Classified
-from bridge.records import DeadLetter, Prediction, Record, Result
+from bridge.records import ClassScore, Record
 
 
 class FakeFetcher:
@@ -42,8 +43,8 @@ class RecordingPredictor:
         with self.lock:
             self.batches.append(list(images))
         if self.fail:
-            raise ModelServerUnavailable("Predict: UNAVAILABLE")
-        return [Classified([Prediction(image.decode().rsplit("/", 1)[-1], 1.0)], "digits", 1, "serving_default")
+            raise ModelUnusable("Predict: UNAVAILABLE beyond the retry budget")
+        return [Classified([ClassScore(image.decode().rsplit("/", 1)[-1], 1.0)], "digits", 1, "serving_default")
                 for image in images]
 
 
@@ -60,11 +61,12 @@ def test_outcomes_come_back_in_input_order_with_dead_letters_in_place():
     values = ["http://h/a", "garbage", "http://h/missing", "http://h/b", "http://h/broken", "http://h/c"]
     predictor = RecordingPredictor()
     outcomes = pipeline(predictor).process(records(values))
-    assert [type(o).__name__ for o in outcomes] == ["Result", "DeadLetter", "DeadLetter", "Result", "DeadLetter",
-                                                     "Result"]
+    assert [o.is_result for o in outcomes] == [True, False, False, True, False, True]
     assert [o.record.offset for o in outcomes] == list(range(6))
-    assert [o.predictions[0].label for o in outcomes if isinstance(o, Result)] == ["a", "b", "c"]
-    assert [o.stage for o in outcomes if isinstance(o, DeadLetter)] == ["parse", "fetch", "preprocess"]
+    bodies = [json.loads(o.value) for o in outcomes]
+    assert [b["predictions"][0]["label"] for b, o in zip(bodies, outcomes) if o.is_result] == ["a", "b", "c"]
+    assert [b["error"]["stage"] for b, o in zip(bodies, outcomes) if not o.is_result] == \
+        ["parse", "fetch", "preprocess"]
 
 
 def test_batches_never_exceed_the_maximum_and_cover_every_good_image_once():
@@ -86,6 +88,6 @@ def test_a_slow_fetch_does_not_hold_back_a_ready_batch_beyond_the_linger():
     assert [sorted(batch) for batch in predictor.batches] == [[b"http://h/a", b"http://h/b"], [b"http://h/slow"]]
 
 
-def test_model_server_unavailable_fails_the_whole_call():
-    with pytest.raises(ModelServerUnavailable):
+def test_a_model_server_failing_as_a_whole_fails_the_whole_call():
+    with pytest.raises(ModelUnusable):
         pipeline(RecordingPredictor(fail=True)).process(records(["http://h/a", "http://h/b"]))

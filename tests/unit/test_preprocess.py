@@ -199,16 +199,27 @@ def test_decompression_bomb_is_refused_quickly(kind, width, height):
     assert Image.MAX_IMAGE_PIXELS == limit
 
 
-def test_batch_stacks_arrays():
+def test_stack_makes_one_batch_of_arrays():
+    from bridge.predictor import stack
+
     preprocessor = Preprocessor(signature(InputKind.UINT8, 4, 6))
     images = [preprocessor.prepare(encode(Image.new("RGB", (9, 9), colour))) for colour in (RED, GREEN, BLUE)]
-    batch = preprocessor.batch(images)
+    batch = stack(preprocessor.signature, images)
     assert batch.shape == (3, 4, 6, 3) and batch.dtype == np.uint8
     assert_colour(batch[2, 0, 0], BLUE, tolerance=0)
-    assert preprocessor.batch([]).shape == (0, 4, 6, 3)
 
 
-def test_batch_of_encoded_images_is_the_list_of_bytes():
+def test_stack_of_encoded_images_is_the_list_of_bytes():
+    from bridge.predictor import stack
+
     preprocessor = Preprocessor(signature(InputKind.ENCODED))
     items = [encode(Image.new("RGB", (4, 4), colour)) for colour in (RED, GREEN)]
-    assert preprocessor.batch([preprocessor.prepare(item) for item in items]) == items
+    assert stack(preprocessor.signature, [preprocessor.prepare(item) for item in items]) == items
+
+
+@pytest.mark.parametrize("kind", [InputKind.UINT8, InputKind.FLOAT32, InputKind.ENCODED])
+def test_the_probe_image_prepares_for_every_kind_of_signature(kind):
+    from bridge.preprocess import probe_png
+
+    prepared = Preprocessor(signature(kind, 4, 6)).prepare(probe_png())
+    assert isinstance(prepared, bytes) if kind is InputKind.ENCODED else prepared.shape == (4, 6, 3)

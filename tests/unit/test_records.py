@@ -4,7 +4,7 @@ import json
 import pytest
 
 from bridge.errors import FetchError, InvalidRecord
-from bridge.records import DeadLetter, ImageRequest, Prediction, Record, Result, parse_request
+from bridge.records import ClassScore, DeadLetter, ImageRequest, Record, Result, parse_request
 
 
 def record(value, key=b"k1", offset=7):
@@ -42,7 +42,7 @@ def test_values_that_are_not_requests_are_invalid_records(value, message):
 
 def test_result_json_has_the_documented_fields():
     result = Result(record(b"http://h/3.png"), ImageRequest("r1", "http://h/3.png"),
-                    [Prediction("3", 0.9712345678), Prediction("8", 0.02)], "digits", 1, "serving_default", 12.345)
+                    [ClassScore("3", 0.9712345678), ClassScore("8", 0.02)], "digits", 1, "serving_default", 12.345)
     assert json.loads(result.value()) == {
         "id": "r1", "url": "http://h/3.png",
         "predictions": [{"label": "3", "score": 0.971235}, {"label": "8", "score": 0.02}],
@@ -77,3 +77,59 @@ def test_a_huge_bad_value_is_cut_so_its_dead_letter_always_fits_in_a_kafka_recor
     assert len(letter.value()) < 1_000_000
     body = json.loads(letter.value())
     assert body["truncated"] == {"original_bytes": len(huge), "kept_bytes": MAX_DEAD_LETTER_VALUE}
+
+
+@pytest.mark.parametrize("value", [
+    b"http://[::1/cat.png",  # unclosed IPv6 bracket: urlsplit raises ValueError
+    b"http://h:99999/x.png",  # port out of range
+    b"http://h:port/x.png",
+    b'{"a": ' + b"[" * 200_000,  # nested too deeply for the JSON parser
+    b'{"url": "http://h/x.png", "id": {"nested": 1}}',
+    b'{"url": "http://h/x.png", "id": "' + b"x" * 2000 + b'"}',
+    b"http://h/x\x00.png",
+])
+def test_malformed_values_are_invalid_records_not_crashes(value):
+    with pytest.raises(InvalidRecord):
+        parse_request(record(value))
+
+
+def test_a_result_too_large_for_kafka_becomes_an_output_dead_letter():
+    from bridge.records import encode
+
+    request = ImageRequest("r1", "http://h/" + "é" * 400_000)
+    result = Result(record(b"x"), request, [ClassScore("3", 0.9)], "digits", 1, "serving_default", 1.0)
+    message = encode(result, max_bytes=1_000_000)
+    assert not message.is_result and message.size() <= 1_000_000
+    error = json.loads(message.value)["error"]
+    assert error["stage"] == "output" and error["type"] == "OutputError" and "larger than" in error["message"]
+
+
+def test_a_result_that_fits_is_encoded_as_is():
+    from bridge.records import encode
+
+    result = Result(record(b"x"), ImageRequest("r1", "http://h/x"), [ClassScore("3", 0.9)], "d", 1, "s", 1.0)
+    message = encode(result)
+    assert message.is_result and message.value == result.value() and message.headers is None
+
+
+def test_a_dead_letter_shrinks_its_copy_of_the_value_to_fit_a_small_limit():
+    from bridge.records import encode
+
+    letter = DeadLetter.from_error(record(b"v" * 60_000), InvalidRecord("not a URL"))
+    message = encode(letter, max_bytes=10_000)
+    assert message.size() <= 10_000
+    assert json.loads(message.value)["truncated"]["kept_bytes"] == 1024
+
+
+def test_dead_letter_messages_and_headers_never_carry_credentials_or_query_strings():
+    secret = "https://alice:s3cret@images.example/x.jpg?X-Amz-Signature=abc123"
+    letter = DeadLetter.from_error(record(secret.encode()), FetchError(f"HTTP 403 Forbidden from {secret}"))
+    assert letter.message == "HTTP 403 Forbidden from https://images.example/x.jpg?…"
+    for text in [letter.message, *(value.decode() for _, value in letter.headers())]:
+        assert "s3cret" not in text and "alice" not in text and "abc123" not in text
+    assert json.loads(letter.value())["value"] == secret  # the sender's own record is kept as it was
+
+
+def test_headers_encode_lone_surrogates_instead_of_failing():
+    letter = DeadLetter.from_error(record(b"x"), InvalidRecord("bad \ud800 id"))
+    assert dict(letter.headers())["tfs-bridge.error.message"] == b"bad ? id"

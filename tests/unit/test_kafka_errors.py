@@ -1,0 +1,120 @@
+"""How librdkafka's errors become the bridge's, and that no Kafka call blocks past its deadline (no broker)."""
+
+import threading
+import time
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+
+from bridge.errors import FatalKafkaError, KafkaTransactionError, OutputError, TransactionAborted
+from bridge.kafka import CallGuard, TransactionalProducer, call_transactional, classify
+
+
+def kafka_exception(code=KafkaError._TIMED_OUT, fatal=False, retriable=False, txn_requires_abort=False):
+    return KafkaException(KafkaError(code, "injected", fatal=fatal, retriable=retriable,
+                                     txn_requires_abort=txn_requires_abort))
+
+
+@pytest.mark.parametrize("flags, kind", [
+    ({"fatal": True}, FatalKafkaError),
+    ({"code": KafkaError._FENCED, "fatal": True}, FatalKafkaError),
+    ({"txn_requires_abort": True}, TransactionAborted),
+    ({"fatal": True, "txn_requires_abort": True}, FatalKafkaError),  # fatal wins
+    ({"code": KafkaError._STATE}, TransactionAborted),  # what librdkafka answers after an abortable error
+    ({"code": KafkaError._UNKNOWN_TOPIC}, KafkaTransactionError),
+])
+def test_classify(flags, kind):
+    error = classify("commit_transaction", kafka_exception(**flags))
+    assert type(error) is kind and "commit_transaction" in str(error)
+
+
+def test_retriable_errors_are_retried_until_the_call_succeeds():
+    guard = CallGuard("test")
+    answers = [kafka_exception(retriable=True), kafka_exception(retriable=True), "done"]
+
+    def call(timeout):
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert call_transactional("commit", call, timeout=5, guard=guard, sleep=lambda _: None) == "done"
+    guard.close()
+
+
+def test_retriable_errors_past_the_deadline_are_classified():
+    guard = CallGuard("test")
+
+    def call(timeout):
+        raise kafka_exception(retriable=True)
+
+    with pytest.raises(KafkaTransactionError):
+        call_transactional("commit", call, timeout=0.3, guard=guard, sleep=time.sleep)
+    guard.close()
+
+
+def test_abortable_errors_are_not_retried():
+    guard = CallGuard("test")
+    calls = []
+
+    def call(timeout):
+        calls.append(timeout)
+        raise kafka_exception(retriable=True, txn_requires_abort=True)
+
+    with pytest.raises(TransactionAborted):
+        call_transactional("send_offsets_to_transaction", call, timeout=5, guard=guard)
+    assert len(calls) == 1
+    guard.close()
+
+
+def test_a_call_that_ignores_its_timeout_is_fatal_after_the_deadline():
+    guard = CallGuard("test")
+    release = threading.Event()
+    began = time.monotonic()
+    with pytest.raises(FatalKafkaError, match="did not return within its deadline"):
+        guard.run("send_offsets_to_transaction", release.wait, deadline=time.monotonic() + 0.3)
+    assert time.monotonic() - began < 2
+    release.set()
+    guard.close()
+
+
+class FakeLibrdkafkaProducer:
+    def __init__(self, refuse):
+        self.refuse = refuse
+        self.polls = 0
+
+    def produce(self, topic, **kwargs):
+        if isinstance(self.refuse, type) and issubclass(self.refuse, BaseException):
+            raise self.refuse()
+        raise self.refuse
+
+    def poll(self, timeout):
+        self.polls += 1
+
+
+def producer_refusing(refuse, timeout=0.2):
+    producer = TransactionalProducer.__new__(TransactionalProducer)
+    producer.timeout = timeout
+    producer._producer = FakeLibrdkafkaProducer(refuse)
+    return producer
+
+
+def test_a_full_queue_is_waited_for_within_the_deadline_then_aborts():
+    producer = producer_refusing(BufferError, timeout=0.2)
+    began = time.monotonic()
+    with pytest.raises(TransactionAborted, match="queue stayed full"):
+        producer.produce("out", b"v")
+    assert 0.2 <= time.monotonic() - began < 1.0
+    assert producer._producer.polls > 1  # it served delivery reports while waiting
+
+
+def test_a_record_over_message_max_bytes_is_that_records_output_error():
+    producer = producer_refusing(kafka_exception(code=KafkaError.MSG_SIZE_TOO_LARGE))
+    with pytest.raises(OutputError, match="refused a record"):
+        producer.produce("out", b"v" * 10)
+
+
+def test_the_state_error_after_an_abortable_one_aborts_the_transaction():
+    producer = producer_refusing(kafka_exception(code=KafkaError._STATE))
+    with pytest.raises(TransactionAborted):
+        producer.produce("out", b"v")
