@@ -4,10 +4,11 @@ The public API is re-exported here; the exception tree is documented in bridge.e
 Importing bridge never imports TensorFlow: TF Serving's API comes from the project's own protos.
 """
 
-from bridge.errors import (BridgeError, ConfigError, FatalKafkaError, FetchError, ImageError, InvalidRecord,
-                           KafkaTransactionError, ModelNotFound, ModelRejectedInput, ModelServerError,
-                           ModelServerUnavailable, PredictionRejected, RecordError, SignatureError,
-                           TransactionAborted)
+from bridge.errors import (BridgeError, ConfigError, FatalKafkaError, FetchBlocked, FetchError, ImageError,
+                           InvalidRecord, KafkaTransactionError, ModelGone, ModelNotFound, ModelRejectedInput,
+                           ModelServerError, ModelServerRefused, ModelServerUnavailable, ModelUnusable, OutputError,
+                           PredictionRejected, RecordError, SignatureError, SystemFailure, TransactionAborted,
+                           UnexpectedRecordError)
 from bridge.kafka import ReadCommittedConsumer, TransactionalProducer
 from bridge.model_client import ModelServerClient, ModelTarget, Prediction, VersionStatus
 from bridge.signature import ImageSignature, InputKind, TensorSpec
@@ -15,9 +16,10 @@ from bridge.signature import ImageSignature, InputKind, TensorSpec
 __version__ = "0.1.0"
 
 __all__ = [
-    "BridgeError", "ConfigError", "FatalKafkaError", "FetchError", "ImageError", "ImageSignature", "InputKind",
-    "InvalidRecord", "KafkaTransactionError", "ModelNotFound", "ModelRejectedInput", "ModelServerClient",
-    "ModelServerError", "ModelServerUnavailable", "ModelTarget", "Prediction", "PredictionRejected",
-    "ReadCommittedConsumer", "RecordError", "SignatureError", "TensorSpec", "TransactionAborted",
-    "TransactionalProducer", "VersionStatus",
+    "BridgeError", "ConfigError", "FatalKafkaError", "FetchBlocked", "FetchError", "ImageError", "ImageSignature",
+    "InputKind", "InvalidRecord", "KafkaTransactionError", "ModelGone", "ModelNotFound", "ModelRejectedInput",
+    "ModelServerClient", "ModelServerError", "ModelServerRefused", "ModelServerUnavailable", "ModelTarget",
+    "ModelUnusable", "OutputError", "Prediction", "PredictionRejected", "ReadCommittedConsumer", "RecordError",
+    "SignatureError", "SystemFailure", "TensorSpec", "TransactionAborted", "TransactionalProducer",
+    "UnexpectedRecordError", "VersionStatus",
 ]

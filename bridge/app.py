@@ -243,12 +243,13 @@ def run_bridge(settings: Settings) -> int:
         client.close()
         return 0
     log.info("model ready: %s", signature.describe())
-    preprocessor = Preprocessor(signature, ScaleSpec(settings.input_scale, settings.input_offset))
+    preprocessor = Preprocessor(signature, ScaleSpec(settings.input_scale, settings.input_offset),
+                                max_pixels=settings.max_image_pixels, max_decodes=settings.max_decodes)
     fetcher = ImageFetcher(FetchLimits(
         connect_timeout=settings.seconds("fetch_connect_timeout_ms"),
         read_timeout=settings.seconds("fetch_read_timeout_ms"),
         deadline=settings.seconds("fetch_deadline_ms"), max_bytes=settings.fetch_max_bytes,
-        max_redirects=settings.fetch_max_redirects), pool_size=settings.fetch_concurrency)
+        max_redirects=settings.fetch_max_redirects), settings.address_policy(), pool_size=settings.fetch_concurrency)
     predictor = Predictor(client, signature, preprocessor.prepare(probe_png()), top_k=settings.top_k, retry=RetryPolicy(
         budget=settings.seconds("retry_budget_ms"), initial_backoff=settings.seconds("retry_initial_backoff_ms"),
         max_backoff=settings.seconds("retry_max_backoff_ms")), interrupt=stop.event)

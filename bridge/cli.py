@@ -19,6 +19,7 @@ from bridge import __version__
 from bridge.config import ArgumentParser, Settings, add_settings_arguments, settings_from_args
 from bridge.errors import BridgeError, ConfigError, FatalKafkaError, ModelServerUnavailable
 from bridge.model_client import ModelServerClient
+from bridge.redact import redact_text
 
 PROG = "tfs-bridge"
 CHECK_TIMEOUT_S = 5.0  # per Kafka or gRPC call, so `check` answers quickly when things are down
@@ -84,13 +85,14 @@ def _one_line(text: str) -> str:
 # --- run ---------------------------------------------------------------------------------------------------
 
 class OneLineFormatter(logging.Formatter):
-    """time level logger message, with any traceback folded onto the same line."""
+    """time level logger message, with any traceback folded onto the same line, and every URL in it redacted
+    (no user info or query string reaches a log, whichever library logged it)."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        return super().format(record).replace("\n", " | ")
+        return redact_text(super().format(record).replace("\n", " | "))
 
 
 def configure_logging(level: str) -> None:

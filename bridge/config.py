@@ -24,6 +24,7 @@ from typing import Any
 
 import grpc
 
+from bridge.address_policy import AddressPolicy
 from bridge.errors import ConfigError
 from bridge.model_client import ModelTarget
 from bridge.records import DEFAULT_MAX_MESSAGE_BYTES
@@ -99,6 +100,22 @@ NUMBER = Kind("must be a finite number", _number, lambda v: isinstance(v, (int, 
 LOG_LEVEL = Kind(f"must be one of {', '.join(LOG_LEVELS)}", lambda raw: raw.strip().upper(),
                  lambda v: v in LOG_LEVELS)
 FILE = Kind("must be a readable file", _optional(lambda raw: Path(raw.strip())), _readable_file)
+
+
+def _allow_list(raw: str) -> tuple[str, ...]:
+    return tuple(entry.strip() for entry in raw.split(",") if entry.strip())
+
+
+def _valid_allow_list(value: Any) -> bool:
+    try:
+        AddressPolicy.from_entries(value)
+    except (ConfigError, TypeError):
+        return False
+    return isinstance(value, tuple)
+
+
+ALLOW_LIST = Kind("must be a comma-separated list of CIDRs (10.0.0.0/8), addresses (127.0.0.1) and host names "
+                  "(images.internal, *.corp.example)", _allow_list, _valid_allow_list)
 KAFKA_CONFIG = Kind("must be KEY=VALUE", lambda raw: raw, lambda v: isinstance(v, dict))  # parsed by _kafka_config
 
 # librdkafka keys the bridge owns: the flag to use instead, or why the value is fixed.
@@ -174,6 +191,12 @@ class Settings:
     fetch_deadline_ms: int = setting(15000, POSITIVE, "total time allowed for one image download")
     fetch_max_bytes: int = setting(10485760, POSITIVE, "largest image accepted, in bytes")
     fetch_max_redirects: int = setting(5, NON_NEGATIVE, "HTTP redirects followed")
+    fetch_allow: tuple[str, ...] = setting(
+        (), ALLOW_LIST, "networks and host names images may come from although the address policy refuses them "
+        "(loopback, private, link-local...), comma-separated", shown="(none)")
+    max_image_pixels: int = setting(16_777_216, POSITIVE, "largest image accepted, in pixels (width x height), "
+                                    "read from its header before decoding")
+    max_decodes: int = setting(2, POSITIVE, "images decoded at once (bounds the memory decoding takes)")
     # Retries and backpressure
     retry_budget_ms: int = setting(30000, POSITIVE, "total retry time for a failing model-server call")
     retry_initial_backoff_ms: int = setting(100, POSITIVE, "first retry backoff")
@@ -240,6 +263,9 @@ class Settings:
         if not name.endswith("_ms"):
             raise ValueError(f"{name} is not a milliseconds setting")
         return getattr(self, name) / 1000
+
+    def address_policy(self) -> AddressPolicy:
+        return AddressPolicy.from_entries(self.fetch_allow)
 
     def model_target(self) -> ModelTarget:
         return ModelTarget(self.model_name, self.model_version, self.version_label, self.signature_name)

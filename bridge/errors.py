@@ -9,6 +9,7 @@ because of it. Any other exception raised while handling one record is that reco
     ├── RecordError                  one record cannot be classified; it becomes a dead letter (.stage)
     │   ├── InvalidRecord            stage "parse": not a URL or JSON with a "url"
     │   ├── FetchError               stage "fetch": scheme, HTTP status, timeout, size, not an image
+    │   │   └── FetchBlocked         type "blocked": the address policy refuses where the URL leads
     │   ├── ImageError               stage "preprocess": Pillow cannot decode or convert it
     │   ├── PredictionRejected       stage "predict": the model rejected this image alone
     │   ├── OutputError              stage "output": the result cannot be encoded or is too large for Kafka
@@ -43,13 +44,15 @@ class ConfigError(BridgeError):
 # --- one record ------------------------------------------------------------------------------------------------
 
 class RecordError(BridgeError):
-    """One input record cannot be classified. `stage` names where it failed, `error_type` what went wrong."""
+    """One input record cannot be classified. `stage` names where it failed, `error_type` what went wrong
+    (the class name, unless the class names its type)."""
 
     stage = "record"
+    type_name: str | None = None
 
     @property
     def error_type(self) -> str:
-        return type(self).__name__
+        return self.type_name or type(self).__name__
 
 
 class InvalidRecord(RecordError):
@@ -58,6 +61,12 @@ class InvalidRecord(RecordError):
 
 class FetchError(RecordError):
     stage = "fetch"
+
+
+class FetchBlocked(FetchError):
+    """The URL (or a redirect) leads to an address the address policy refuses; nothing was connected to."""
+
+    type_name = "blocked"
 
 
 class ImageError(RecordError):

@@ -1,12 +1,16 @@
 """Turn fetched image bytes into what the serving signature takes: pixels [H, W, 3] or the encoded file itself.
 
-Pure functions of the bytes (no I/O). Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS) is honoured,
-and strictly: anything over it is refused, not merely warned about.
+No I/O. Memory is bounded before any pixel is decoded: the size in the image's header must be within
+max_pixels, JPEGs are decoded at the smallest DCT scale that still covers the target size (draft mode), and at
+most max_decodes images are decoded at once. A decode then holds at most about max_pixels x 4 bytes (RGBA) a
+few times over (decoded, converted, resized), so decoding as a whole stays within
+max_decodes x max_pixels x 16 bytes.
 """
 
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,8 +22,11 @@ from bridge.errors import ImageError
 from bridge.signature import ImageSignature, InputKind
 
 # The formats the fetcher accepts (fetch.sniff_image_type). Pillow's rarer plugins (EPS runs Ghostscript,
-# for one) never see untrusted bytes.
-FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
+# for one) never see untrusted bytes. Not TIFF: a container of many codecs (libtiff's long history of
+# advisories), pages and tiles, rare on the web, and TF Serving's decode_image cannot read it anyway.
+FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP")
+DEFAULT_MAX_PIXELS = 16_777_216  # 4096 x 4096: above any phone camera's 12 MP, far below Pillow's 89 MP
+BYTES_PER_PIXEL_BOUND = 16  # RGBA (4 bytes) about four times over: decoded, converted, composited, resized
 
 # Pillow keeps 16-bit greyscale in these modes and clips to 255 when converting to 8 bits.
 _WIDE_GREY_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
@@ -40,19 +47,28 @@ class ScaleSpec:
 
 
 class Preprocessor:
-    """Prepares one image for the signature's input (prepare) and stacks prepared images (batch)."""
+    """Prepares one image for the signature's input. Safe to call from several threads at once."""
 
-    def __init__(self, signature: ImageSignature, scaling: ScaleSpec = ScaleSpec()) -> None:
+    def __init__(self, signature: ImageSignature, scaling: ScaleSpec = ScaleSpec(),
+                 max_pixels: int = DEFAULT_MAX_PIXELS, max_decodes: int = 2) -> None:
         self.signature = signature
         self.kind = signature.input_kind
         self.scaling = scaling
+        self.max_pixels = max_pixels
+        self.max_decodes = max_decodes
+        self._decoding = threading.BoundedSemaphore(max_decodes)
+
+    def memory_bound(self) -> int:
+        """Bytes that decoding may hold at once, at most."""
+        return self.max_decodes * self.max_pixels * BYTES_PER_PIXEL_BOUND
 
     def prepare(self, data: bytes) -> np.ndarray | bytes:
         """uint8 or float32 RGB [H, W, 3] for a pixel input; the unchanged bytes for an encoded input."""
         if self.kind is InputKind.ENCODED:
-            _verify(data)
+            _verify(data, self.max_pixels)
             return data
-        pixels = _decode_rgb(data, self._size())
+        with self._decoding:
+            pixels = _decode_rgb(data, self._size(), self.max_pixels)
         if self.kind is InputKind.FLOAT32:
             return pixels.astype(np.float32) * np.float32(self.scaling.scale) + np.float32(self.scaling.offset)
         return pixels
@@ -70,10 +86,14 @@ def probe_png(size: int = 32) -> bytes:
     return out.getvalue()
 
 
-def _decode_rgb(data: bytes, size: tuple[int, int]) -> np.ndarray:
+def _decode_rgb(data: bytes, size: tuple[int, int], max_pixels: int) -> np.ndarray:
     height, width = size
     with _decode_errors(), Image.open(io.BytesIO(data), formats=FORMATS) as image:
-        _check_pixels(image)
+        _check_pixels(image, max_pixels)  # from the header: nothing is decoded yet
+        if image.format == "JPEG":
+            # The EXIF rotation comes later and may swap the sides: cover the target either way round.
+            side = max(width, height)
+            image.draft("RGB", (side, side))
         image.load()  # Pillow decodes lazily: make truncation errors happen here
         upright = ImageOps.exif_transpose(image)
         rgb = _to_rgb(upright)
@@ -81,9 +101,9 @@ def _decode_rgb(data: bytes, size: tuple[int, int]) -> np.ndarray:
         return np.array(resized, dtype=np.uint8)
 
 
-def _verify(data: bytes) -> None:
+def _verify(data: bytes, max_pixels: int) -> None:
     with _decode_errors(), Image.open(io.BytesIO(data), formats=FORMATS) as image:
-        _check_pixels(image)  # the model server would decode a bomb just the same
+        _check_pixels(image, max_pixels)  # the model server would decode a bomb just the same
         image.verify()
 
 
@@ -99,13 +119,11 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _check_pixels(image: Image.Image) -> None:
-    # Pillow only warns between MAX_IMAGE_PIXELS and twice that; refuse there too.
-    limit = Image.MAX_IMAGE_PIXELS
+def _check_pixels(image: Image.Image, max_pixels: int) -> None:
     pixels = image.width * image.height
-    if limit is not None and pixels > limit:
+    if pixels > max_pixels:
         raise ImageError(f"image too large: {image.width}x{image.height} = {pixels} pixels, over the limit of "
-                         f"{limit} (decompression bomb protection)")
+                         f"{max_pixels} (--max-image-pixels)")
 
 
 @contextmanager

@@ -145,17 +145,44 @@ class LocalKafka:
     def pid_path(self) -> Path:
         return self.work_dir / "broker.pid"
 
-    def start(self, timeout: float = 90.0) -> float:
-        """Format fresh storage, start the broker and wait until it answers; returns seconds taken."""
+    @property
+    def data_dir(self) -> Path:
+        return self.work_dir / "data"
+
+    def start(self, timeout: float = 90.0, keep_data: bool = False) -> float:
+        """Start the broker and wait until it answers; returns seconds taken.
+
+        Wipes and formats the data dir first, unless keep_data: then it reuses the storage of an earlier start().
+        """
         began = time.monotonic()
         if port_open(self.port):
             raise KafkaError(f"port {self.port} is already in use: is another broker running?")
-        data_dir = self.work_dir / "data"
-        shutil.rmtree(data_dir, ignore_errors=True)
-        data_dir.mkdir(parents=True)
         config = self.work_dir / "server.properties"
+        if keep_data:
+            if not (self.data_dir / "meta.properties").exists():
+                raise KafkaError(f"no formatted Kafka storage to keep in {self.data_dir}")
+        else:
+            self._format(config)
+        with open(self.log_path, "ab" if keep_data else "wb") as log:
+            self.process = subprocess.Popen(
+                java_command("kafka.Kafka", str(config), heap=self.heap),
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.pid_path.write_text(str(self.process.pid))
+        self._wait_ready(began + timeout)
+        return time.monotonic() - began
+
+    def restart(self, down_for: float = 0.0, timeout: float = 90.0) -> float:
+        """stop(), sleep `down_for` seconds, then start the same broker on its data; returns start()'s seconds."""
+        self.stop()
+        time.sleep(down_for)
+        return self.start(timeout, keep_data=True)
+
+    def _format(self, config: Path) -> None:
+        """Write server.properties and format an empty data dir with a new cluster id."""
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        self.data_dir.mkdir(parents=True)
         config.write_text(SERVER_PROPERTIES.format(
-            port=self.port, controller_port=self.controller_port, data_dir=data_dir))
+            port=self.port, controller_port=self.controller_port, data_dir=self.data_dir))
         cluster_id = subprocess.run(java_command("kafka.tools.StorageTool", "random-uuid"),
                                     capture_output=True, text=True, check=True).stdout.strip()
         formatted = subprocess.run(
@@ -163,13 +190,6 @@ class LocalKafka:
             capture_output=True, text=True)
         if formatted.returncode != 0:
             raise KafkaError(f"formatting Kafka storage failed: {formatted.stdout}{formatted.stderr}")
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                java_command("kafka.Kafka", str(config), heap=self.heap),
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.pid_path.write_text(str(self.process.pid))
-        self._wait_ready(began + timeout)
-        return time.monotonic() - began
 
     def _wait_ready(self, deadline: float) -> None:
         from confluent_kafka.admin import AdminClient

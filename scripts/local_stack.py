@@ -68,7 +68,7 @@ class LocalStack:
     def bridge(self, *flags: str, log_name: str = "bridge.log") -> Iterator[BridgeProcess]:
         """`tfs-bridge run` on this stack as a child process; stopped with SIGTERM when the block ends."""
         bridge = BridgeProcess(self.work_dir / log_name, "--bootstrap-servers", self.kafka.bootstrap_servers,
-                               "--model-server", self.model_address, *flags).start()
+                               "--model-server", self.model_address, "--fetch-allow", "127.0.0.1", *flags).start()
         try:
             yield bridge
         finally:

@@ -1,12 +1,17 @@
 """A TensorFlow-Serving-compatible gRPC model server (Python, real TensorFlow, official stubs).
 
     python -m serving.model_server --model-base-dir DIR [--port 8500] [--host 127.0.0.1]
-        [--max-queued-requests 64] [--workers 2] [--tensor-content]
+        [--max-queued-requests 64] [--workers 2] [--tensor-content] [--fault-file PATH]
 
 Serves the highest version of every DIR/<model>/<version>/ SavedModel over
 tensorflow.serving.PredictionService (Predict, GetModelMetadata) and
 tensorflow.serving.ModelService (GetModelStatus), answering like TF Serving does.
 Prints "ready on HOST:PORT models: name:version ..." once serving (port 0 = pick a free one).
+
+For tests, --fault-file names a file read before every Predict: when it holds a gRPC status code
+name (e.g. "UNAVAILABLE"), Predict answers that code with "injected fault"; "CODE hang" first waits
+until the client's deadline or cancellation. Missing or empty means normal operation.
+GetModelStatus and GetModelMetadata never see faults.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ import signal
 import sys
 import threading
 from concurrent import futures
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, NoReturn, Sequence, TypeVar
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -44,6 +50,8 @@ log = logging.getLogger("serving.model_server")
 
 MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving accepts messages up to 2 GiB
 SIGNATURE_DEF_FIELD = "signature_def"
+INJECTED_FAULT_MESSAGE = "injected fault"
+MAX_HANG_SECONDS = 3600.0  # a hang without a client deadline ends at cancellation or after this
 Response = TypeVar("Response")
 
 
@@ -59,13 +67,72 @@ def handle(context: grpc.ServicerContext, call: Callable[[], Response]) -> Respo
     raise AssertionError("unreachable")
 
 
+@dataclass(frozen=True)
+class Fault:
+    """A status code every Predict answers, optionally after waiting for the client's deadline."""
+
+    code: grpc.StatusCode
+    hang: bool = False
+
+    def answer(self, context: grpc.ServicerContext) -> NoReturn:
+        """Abort the call with the code; with hang, first wait until the RPC ends or its deadline passes."""
+        if self.hang:
+            ended = threading.Event()
+            if context.add_callback(ended.set):
+                remaining = context.time_remaining()  # huge without a deadline
+                ended.wait(MAX_HANG_SECONDS if remaining is None else min(remaining, MAX_HANG_SECONDS))
+        context.abort(self.code, INJECTED_FAULT_MESSAGE)
+        raise AssertionError("unreachable")
+
+
+def parse_fault(text: str) -> Fault | None:
+    """Parse "CODE" or "CODE hang" into a Fault; empty text, an unknown code or OK give None."""
+    words = text.split()
+    if not words:
+        return None
+    code = grpc.StatusCode.__members__.get(words[0].upper())
+    if code is None or code is grpc.StatusCode.OK:
+        log.warning("ignoring fault %r: not a gRPC error code name", text.strip())
+        return None
+    return Fault(code, hang="hang" in words[1:])
+
+
+class FaultFile:
+    """The Fault named in a file, re-parsed only when the file's inode, mtime or size change."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._seen: tuple[tuple[int, int, int] | None, Fault | None] = (None, None)
+
+    def current(self) -> Fault | None:
+        if self.path is None:
+            return None
+        try:
+            stat = os.stat(self.path)
+            key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+            seen, fault = self._seen
+            if key != seen:
+                text = self.path.read_text()
+                fault = parse_fault(text)
+                self._seen = (key, fault)
+                log.info("fault file %s now reads %r", self.path, text.strip())
+            return fault
+        except OSError:  # missing (or vanished between stat and read): no fault
+            return None
+
+
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, registry: ModelRegistry, predictor: Predictor) -> None:
+    def __init__(self, registry: ModelRegistry, predictor: Predictor,
+                 faults: FaultFile | None = None) -> None:
         self.registry = registry
         self.predictor = predictor
+        self.faults = faults or FaultFile(None)
 
     def Predict(self, request: predict_pb2.PredictRequest,
                 context: grpc.ServicerContext) -> predict_pb2.PredictResponse:
+        fault = self.faults.current()
+        if fault is not None:
+            fault.answer(context)
         return handle(context, lambda: self.predictor.predict(request))
 
     def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
@@ -127,7 +194,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
 
 def build_server(registry: ModelRegistry, host: str, port: int, max_queued_requests: int,
-                 workers: int, tensor_content: bool) -> tuple[grpc.Server, int]:
+                 workers: int, tensor_content: bool,
+                 fault_file: Path | None = None) -> tuple[grpc.Server, int]:
     """Create and bind (not start) the server; returns it with the bound port."""
     predictor = Predictor(registry, max_queued_requests, workers, tensor_content)
     # Admitted Predicts hold at most max_queued_requests threads; the rest answer rejections,
@@ -140,7 +208,7 @@ def build_server(registry: ModelRegistry, host: str, port: int, max_queued_reque
         ("grpc.so_reuseport", 0),  # fail loudly if the port is taken
     ])
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(registry, predictor), server)
+        PredictionService(registry, predictor, FaultFile(fault_file)), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(registry), server)
     bound_port = server.add_insecure_port(f"{host}:{port}")
     if bound_port == 0:
@@ -162,6 +230,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="serialize outputs as tensor_content "
                              "(like --enable_serialization_as_tensor_content)")
     parser.add_argument("--grace", type=float, default=5.0, help="shutdown grace seconds")
+    parser.add_argument("--fault-file", type=Path,
+                        help="tests: a file naming a gRPC code (\"CODE\" or \"CODE hang\") "
+                             "that every Predict answers while it exists")
     args = parser.parse_args(argv)
     if args.max_queued_requests < 1 or args.workers < 1:
         parser.error("--max-queued-requests and --workers must be >= 1")
@@ -187,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         server, port = build_server(registry, args.host, args.port, args.max_queued_requests,
-                                    args.workers, args.tensor_content)
+                                    args.workers, args.tensor_content, args.fault_file)
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -4,6 +4,8 @@
     server = ModelServerProcess(models, port=0)             # 0: the server picks a free port
     server.start()                                          # waits for the "ready on" line
     ... connect to server.address ...
+    server.inject_fault("UNAVAILABLE")                      # every Predict answers UNAVAILABLE
+    server.inject_fault(None)                               # back to normal
     server.stop()
 """
 
@@ -15,10 +17,14 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Sequence
+
+import grpc
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 READY_RE = re.compile(r"^ready on (?P<host>\S+):(?P<port>\d+) models: (?P<models>.*)$")
@@ -47,12 +53,17 @@ def export_models(output_dir: str | os.PathLike, model: str = "digits", version:
 
 
 class ModelServerProcess:
-    """`python -m serving.model_server` as a child process."""
+    """`python -m serving.model_server` as a child process, started with --fault-file `fault_file`.
+
+    fault_file defaults to a fresh path in the system temp dir; it exists only while a fault is injected.
+    """
 
     def __init__(self, model_base_dir: str | os.PathLike, port: int = 0,
                  extra_args: Sequence[str] = (), host: str = "127.0.0.1",
-                 startup_timeout: float = 120) -> None:
+                 startup_timeout: float = 120, fault_file: str | os.PathLike | None = None) -> None:
         self.model_base_dir = Path(model_base_dir)
+        self.fault_file = Path(fault_file) if fault_file is not None else (
+            Path(tempfile.gettempdir()) / f"model-server-fault-{uuid.uuid4().hex}")
         self.requested_port = port
         self.port = port
         self.host = host
@@ -88,7 +99,7 @@ class ModelServerProcess:
             raise RuntimeError("model server already running")
         cmd = [sys.executable, "-m", "serving.model_server", "--model-base-dir",
                str(self.model_base_dir), "--host", self.host, "--port", str(self.port),
-               *self.extra_args]
+               "--fault-file", str(self.fault_file), *self.extra_args]
         self._stderr_tail.clear()
         self._proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=_subprocess_env(), text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -126,6 +137,20 @@ class ModelServerProcess:
                 proc.wait()
         self._join_readers()
         return proc.returncode
+
+    def inject_fault(self, code: str | None, hang: bool = False) -> None:
+        """Make every Predict answer gRPC status `code` (a StatusCode name), from its next call on.
+
+        hang: wait until the client's deadline first. None removes the fault file: normal answers.
+        """
+        if code is None:
+            self.fault_file.unlink(missing_ok=True)
+            return
+        if code not in grpc.StatusCode.__members__ or code == "OK":
+            raise ValueError(f"not a gRPC error code name: {code!r}")
+        staged = self.fault_file.with_name(self.fault_file.name + ".tmp")
+        staged.write_text(f"{code} hang\n" if hang else f"{code}\n")
+        staged.replace(self.fault_file)  # atomic: the server never reads a half-written file
 
     def restart(self) -> "ModelServerProcess":
         self.stop()

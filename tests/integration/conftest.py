@@ -13,6 +13,10 @@ from scripts.bridge_process import BridgeProcess
 from scripts.kafka_io import read_topic
 
 
+# The test image servers listen on 127.0.0.1, which the default address policy refuses: open it explicitly.
+LOCAL_IMAGES = ("--fetch-allow", "127.0.0.1")
+
+
 @dataclass
 class BridgeTopics:
     input: str
@@ -39,7 +43,7 @@ def start_bridge(kafka, model_server, topics, tmp_path) -> Iterator[Callable[...
 
     def start(*extra: str, model_address: str | None = None) -> BridgeProcess:
         flags = ["--bootstrap-servers", kafka.bootstrap_servers, "--model-server", model_address or model_server.address,
-                 *topics.flags(), "--metrics-interval-ms", "2000", *extra]
+                 *topics.flags(), "--metrics-interval-ms", "2000", *LOCAL_IMAGES, *extra]
         bridge = BridgeProcess(tmp_path / f"bridge-{len(started)}.log", *flags).start()
         started.append(bridge)
         return bridge

@@ -19,6 +19,9 @@ SAMPLES = {
     "instance_name": ("bridge-0", "bridge-0"),
     "transactional_id": ("tx-1", "tx-1"),
     "static_membership": ("false", False),
+    "fetch_allow": ("127.0.0.1, 10.0.0.0/8,images.internal", ("127.0.0.1", "10.0.0.0/8", "images.internal")),
+    "max_image_pixels": ("1000000", 1000000),
+    "max_decodes": ("4", 4),
     "max_pause_ms": ("0", 0),
     "kafka_timeout_ms": ("5000", 5000),
     "kafka_config": ("security.protocol=SASL_SSL", {"security.protocol": "SASL_SSL"}),
@@ -294,3 +297,17 @@ def test_settings_table_has_a_row_per_setting():
     assert table[0] == "| flag | env var | default | meaning |"
     assert len(table) == 2 + len(FIELDS)
     assert "| `--max-batch-size` | `TFS_BRIDGE_MAX_BATCH_SIZE` | `32` |" in table[2 + FIELDS.index("max_batch_size")]
+
+
+@pytest.mark.parametrize("entry", ["10.0.0.0/33", "not a host!", "300.1.2.3"])
+def test_a_bad_allow_list_entry_is_one_line_naming_the_flag(entry):
+    message = error_of(["--fetch-allow", f"127.0.0.1,{entry}"])
+    assert message.startswith("--fetch-allow (TFS_BRIDGE_FETCH_ALLOW) must be a comma-separated list")
+
+
+def test_the_allow_list_opens_the_address_policy():
+    policy = parse_settings(["--fetch-allow", "127.0.0.1"], {}).address_policy()
+    from ipaddress import ip_address
+
+    assert policy.check("127.0.0.1", ip_address("127.0.0.1")).allowed
+    assert not Settings().address_policy().check("127.0.0.1", ip_address("127.0.0.1")).allowed

@@ -193,10 +193,36 @@ def test_truncated_png_is_refused_for_an_encoded_input():
 def test_decompression_bomb_is_refused_quickly(kind, width, height):
     limit = Image.MAX_IMAGE_PIXELS
     started = time.monotonic()
-    with pytest.raises(ImageError, match=r"image too large: .*pixels.*\(decompression bomb protection\)"):
+    with pytest.raises(ImageError, match=r"image too large: .*pixels"):
         Preprocessor(signature(kind)).prepare(png_claiming_size(width, height))
     assert time.monotonic() - started < 0.5
     assert Image.MAX_IMAGE_PIXELS == limit
+
+
+@pytest.mark.parametrize("kind", list(InputKind))
+def test_the_pixel_cap_is_read_from_the_header_before_decoding(kind):
+    # 5000 x 5000 is under Pillow's own limit, over the default 16 MP cap; the file holds no pixel data at all,
+    # so only a refusal from the header can give this message.
+    with pytest.raises(ImageError, match=r"5000x5000 = 25000000 pixels, over the limit of 16777216 "
+                                         r"\(--max-image-pixels\)"):
+        Preprocessor(signature(kind)).prepare(png_claiming_size(5000, 5000))
+    with pytest.raises(ImageError, match="over the limit of 100 "):
+        Preprocessor(signature(kind), max_pixels=100).prepare(encode(Image.new("RGB", (11, 10), RED)))
+    if kind is not InputKind.ENCODED:  # with a higher cap, decoding is tried (and finds no pixel data)
+        with pytest.raises(ImageError) as caught:
+            Preprocessor(signature(kind), max_pixels=30_000_000).prepare(png_claiming_size(5000, 5000))
+        assert "too large" not in str(caught.value)
+
+
+def test_tiff_is_not_an_accepted_format():
+    tiff = io.BytesIO()
+    Image.new("RGB", (8, 8), RED).save(tiff, format="TIFF")
+    with pytest.raises(ImageError, match="cannot decode image: not a PNG, JPEG, GIF, WEBP, BMP image"):
+        Preprocessor(signature(InputKind.UINT8)).prepare(tiff.getvalue())
+
+
+def test_the_memory_bound_follows_the_caps():
+    assert Preprocessor(signature(InputKind.UINT8), max_pixels=1000, max_decodes=3).memory_bound() == 3 * 1000 * 16
 
 
 def test_stack_makes_one_batch_of_arrays():
