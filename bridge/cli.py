@@ -99,6 +99,7 @@ def configure_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(OneLineFormatter())
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.getLogger("urllib3").setLevel(max(logging.getLevelName(level), logging.INFO))  # no per-request lines
 
 
 def run(settings: Settings) -> int:

@@ -135,6 +135,8 @@ class ImageFetcher:
                 if scope.expired or time.monotonic() >= scope.deadline:
                     raise self._deadline_error(url) from None
                 raise _error(self._describe(exc, target)) from None
+            except ValueError:  # requests parses a redirect's Location even when it does not follow it
+                raise _error(f"redirected to an invalid URL from {redact_url(target)}") from None
         raise _error(f"too many redirects (more than {self._limits.max_redirects}) from {redact_url(url)}")
 
     def _checked_address(self, host: str, port: int, scope: FetchScope) -> IPAddress:

@@ -181,11 +181,15 @@ class TransactionalProducer:
         self._transactional("abort_transaction", self._producer.abort_transaction)
         self.in_transaction = False
 
+    def flush(self) -> int:
+        """Wait until queued records reach the broker (still uncommitted); returns how many remain queued."""
+        return self._guard.run("flush", lambda: self._producer.flush(self.timeout),
+                               time.monotonic() + self.timeout + GRACE)
+
     def close(self) -> None:
         """Deliver what is queued (within the deadline) and stop the worker thread."""
         try:
-            self._guard.run("flush", lambda: self._producer.flush(self.timeout), time.monotonic() + self.timeout
-                            + GRACE)
+            self.flush()
         finally:
             self._guard.close()
 

@@ -83,7 +83,10 @@ class Pipeline:
         return [self._encode(outcome) for outcome in outcomes]  # type: ignore[arg-type]
 
     def _load(self, record: Record, url: str) -> PreparedImage | DeadLetter:
+        began = self.clock()
         data = isolate("fetch", record, lambda: self.fetcher.fetch(url))
+        log.debug("fetch for %s[%d]@%d took %.0f ms: %s", record.topic, record.partition, record.offset,
+                  (self.clock() - began) * 1000, data.error_type if isinstance(data, DeadLetter) else "ok")
         if isinstance(data, DeadLetter):
             return data
         return isolate("preprocess", record, lambda: self.preprocessor.prepare(data))

@@ -2,8 +2,8 @@
 
 No I/O. Memory is bounded before any pixel is decoded: the size in the image's header must be within
 max_pixels, JPEGs are decoded at the smallest DCT scale that still covers the target size (draft mode), and at
-most max_decodes images are decoded at once. A decode then holds at most about max_pixels x 4 bytes (RGBA) a
-few times over (decoded, converted, resized), so decoding as a whole stays within
+most max_decodes images are decoded at once. A decode then holds at most the decoded image (4 bytes a pixel
+for RGBA), its RGB conversion (3) and a few smaller copies, so decoding as a whole stays within
 max_decodes x max_pixels x 16 bytes.
 """
 
@@ -26,7 +26,7 @@ from bridge.signature import ImageSignature, InputKind
 # advisories), pages and tiles, rare on the web, and TF Serving's decode_image cannot read it anyway.
 FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP")
 DEFAULT_MAX_PIXELS = 16_777_216  # 4096 x 4096: above any phone camera's 12 MP, far below Pillow's 89 MP
-BYTES_PER_PIXEL_BOUND = 16  # RGBA (4 bytes) about four times over: decoded, converted, composited, resized
+BYTES_PER_PIXEL_BOUND = 16  # decoded RGBA (4) + RGB (3) + resize and conversion buffers, with room to spare
 
 # Pillow keeps 16-bit greyscale in these modes and clips to 255 when converting to 8 bits.
 _WIDE_GREY_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
@@ -95,8 +95,8 @@ def _decode_rgb(data: bytes, size: tuple[int, int], max_pixels: int) -> np.ndarr
             side = max(width, height)
             image.draft("RGB", (side, side))
         image.load()  # Pillow decodes lazily: make truncation errors happen here
-        upright = ImageOps.exif_transpose(image)
-        rgb = _to_rgb(upright)
+        ImageOps.exif_transpose(image, in_place=True)  # in place: no second full-size copy
+        rgb = _to_rgb(image)
         resized = rgb.resize((width, height), _RESAMPLE, reducing_gap=_REDUCING_GAP)
         return np.array(resized, dtype=np.uint8)
 
@@ -113,9 +113,11 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         image = Image.fromarray(levels.astype(np.uint8))
     if image.has_transparency_data:
         # Composite onto white: dropping alpha would show whatever colour transparent pixels happen to hold.
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
+        # Pasting with the image as its own mask blends by its alpha, with one RGB copy (not three RGBA ones).
+        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
+        white = Image.new("RGB", rgba.size, (255, 255, 255))
+        white.paste(rgba, mask=rgba)
+        return white
     return image.convert("RGB")
 
 

@@ -6,6 +6,7 @@ import re
 from urllib.parse import urlsplit, urlunsplit
 
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+_PATH_QUERY_IN_TEXT = re.compile(r"(?<![^\s'\"(])(/[^\s'\"?#]*)[?#][^\s'\")]*")  # e.g. a request line's target
 
 
 def redact_url(url: str) -> str:
@@ -39,5 +40,6 @@ def _cut(text: str) -> str:
 
 
 def redact_text(text: str) -> str:
-    """The text with every URL in it redacted (redact_url)."""
-    return _URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), text)
+    """The text with every URL in it redacted (redact_url), and the query string cut from every bare path."""
+    text = _URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), text)
+    return _PATH_QUERY_IN_TEXT.sub(lambda match: match.group(1) + "?…", text)

@@ -311,3 +311,12 @@ def test_the_allow_list_opens_the_address_policy():
 
     assert policy.check("127.0.0.1", ip_address("127.0.0.1")).allowed
     assert not Settings().address_policy().check("127.0.0.1", ip_address("127.0.0.1")).allowed
+
+
+def test_the_readme_table_lists_every_setting_as_the_code_defines_it():
+    from pathlib import Path
+
+    from bridge.config import settings_table
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert settings_table() in readme

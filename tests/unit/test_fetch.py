@@ -304,3 +304,8 @@ def test_netrc_and_proxy_variables_are_ignored(server, tmp_path, monkeypatch):
     monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
     with ImageFetcher(policy=LOCAL) as fetcher:
         assert fetcher.fetch(server.url("cat.png")) == PNG
+
+
+def test_a_redirect_to_a_malformed_url_is_a_fetch_error(server, fetcher):
+    location = quote("http://[bad", safe="")
+    assert "redirected to an invalid URL" in fetch_error(fetcher, server.url(f"redirect-to?url={location}"))

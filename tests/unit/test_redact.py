@@ -22,6 +22,12 @@ def test_redact_text_redacts_every_url_in_it():
     assert redact_text(text) == "redirected from http://a/x?… to https://b/y?…"
 
 
+def test_redact_text_cuts_the_query_of_a_request_line():
+    text = 'http://127.0.0.1:41561 "GET /status/404?X-Amz-Signature=abc HTTP/1.1" 404 0'
+    assert redact_text(text) == 'http://127.0.0.1:41561 "GET /status/404?… HTTP/1.1" 404 0'
+    assert redact_text("a/b?c stays, (/x?y) goes") == "a/b?c stays, (/x?…) goes"
+
+
 @given(st.text(), st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=6, max_size=12))
 def test_a_password_in_user_info_never_survives(prefix, password):
     assert password not in redact_text(f"{prefix} https://user:{password}@h/p?q={password}").replace(prefix, "")
