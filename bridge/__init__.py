@@ -9,9 +9,9 @@ from bridge.errors import (BridgeError, ConfigError, FatalKafkaError, FetchBlock
                            ModelServerError, ModelServerRefused, ModelServerUnavailable, ModelUnusable, OutputError,
                            PredictionRejected, RecordError, SignatureError, SystemFailure, TransactionAborted,
                            UnexpectedRecordError)
-from bridge.kafka import ReadCommittedConsumer, TransactionalProducer
-from bridge.model_client import ModelServerClient, ModelTarget, Prediction, VersionStatus
-from bridge.signature import ImageSignature, InputKind, TensorSpec
+from bridge.kafka.clients import ReadCommittedConsumer, TransactionalProducer
+from bridge.model.client import ModelServerClient, ModelTarget, Prediction, VersionStatus
+from bridge.model.signature import ImageSignature, InputKind, TensorSpec
 
 __version__ = "0.1.0"
 

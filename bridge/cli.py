@@ -18,7 +18,7 @@ from confluent_kafka.admin import AdminClient
 from bridge import __version__
 from bridge.config import ArgumentParser, Settings, add_settings_arguments, settings_from_args
 from bridge.errors import BridgeError, ConfigError, FatalKafkaError, ModelServerUnavailable
-from bridge.model_client import ModelServerClient
+from bridge.model.client import ModelServerClient
 from bridge.redact import redact_text
 
 PROG = "tfs-bridge"
@@ -104,7 +104,7 @@ def configure_logging(level: str) -> None:
 
 def run(settings: Settings) -> int:
     configure_logging(settings.log_level)
-    from bridge.app import run_bridge  # imported late: the run loop and its dependencies load only for `run`
+    from bridge.loop.run import run_bridge  # imported late: the run loop and its dependencies load only for `run`
 
     return run_bridge(settings)
 

@@ -24,9 +24,9 @@ from typing import Any
 
 import grpc
 
-from bridge.address_policy import AddressPolicy
+from bridge.images.address_policy import AddressPolicy
 from bridge.errors import ConfigError
-from bridge.model_client import ModelTarget
+from bridge.model.client import ModelTarget
 from bridge.records import DEFAULT_MAX_MESSAGE_BYTES
 
 ENV_PREFIX = "TFS_BRIDGE_"

@@ -3,7 +3,7 @@
 import pytest
 from confluent_kafka import TopicPartition
 
-from bridge.kafka import ReadCommittedConsumer, TransactionalProducer
+from bridge.kafka.clients import ReadCommittedConsumer, TransactionalProducer
 from scripts.kafka_io import group_offset, produce, read_topic
 
 pytestmark = pytest.mark.integration

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from bridge.errors import ModelNotFound, ModelRejectedInput, ModelServerUnavailable
-from bridge.model_client import ModelServerClient, ModelTarget
-from bridge.signature import InputKind
+from bridge.model.client import ModelServerClient, ModelTarget
+from bridge.model.signature import InputKind
 from scripts.kafka_local import free_port
 
 pytestmark = pytest.mark.integration

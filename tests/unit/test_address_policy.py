@@ -9,7 +9,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from bridge.address_policy import AddressPolicy, IPAddress, Verdict, embedded_ipv4, parse_host_address
+from bridge.images.address_policy import AddressPolicy, IPAddress, Verdict, embedded_ipv4, parse_host_address
 from bridge.errors import ConfigError
 
 

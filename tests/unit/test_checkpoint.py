@@ -5,7 +5,7 @@ import json
 import pytest
 from confluent_kafka import KafkaError
 
-from bridge.checkpoint import Checkpoint, OutputTopics
+from bridge.kafka.checkpoint import Checkpoint, OutputTopics
 from bridge.errors import OutputError, TransactionAborted
 from bridge.records import OutputMessage, Record
 

@@ -12,9 +12,9 @@ import pytest
 from bridge import cli
 from bridge.config import Settings
 from bridge.errors import FatalKafkaError, ModelGone, ModelNotFound, ModelServerUnavailable
-from bridge.model_client import VersionStatus
-from bridge.signature import ImageSignature, InputKind, TensorSpec
-from bridge.tensors import DataType
+from bridge.model.client import VersionStatus
+from bridge.model.signature import ImageSignature, InputKind, TensorSpec
+from bridge.model.tensors import DataType
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,7 +43,7 @@ def restore_logging():
 
 @pytest.fixture
 def fake_app(monkeypatch):
-    """Stands in for bridge.app, recording the settings run_bridge gets."""
+    """Stands in for bridge.loop.run, recording the settings run_bridge gets."""
     app = types.SimpleNamespace(calls=[], result=0)
 
     def run_bridge(settings):
@@ -52,7 +52,7 @@ def fake_app(monkeypatch):
             raise app.result
         return app.result
 
-    monkeypatch.setitem(sys.modules, "bridge.app", types.SimpleNamespace(run_bridge=run_bridge))
+    monkeypatch.setitem(sys.modules, "bridge.loop.run", types.SimpleNamespace(run_bridge=run_bridge))
     return app
 
 
@@ -106,13 +106,13 @@ def test_help_and_version_exit_0(capsys):
 
 
 def test_log_lines_are_one_line_each():
-    record = logging.LogRecord("bridge.app", logging.ERROR, __file__, 1, "batch failed", None, None)
+    record = logging.LogRecord("bridge.loop.run", logging.ERROR, __file__, 1, "batch failed", None, None)
     try:
         raise ValueError("boom")
     except ValueError:
         record.exc_info = sys.exc_info()
     line = cli.OneLineFormatter().format(record)
-    assert "\n" not in line and " ERROR bridge.app batch failed | Traceback" in line and "boom" in line
+    assert "\n" not in line and " ERROR bridge.loop.run batch failed | Traceback" in line and "boom" in line
 
 
 # --- check, with fakes for Kafka and the model server --------------------------------------------------------

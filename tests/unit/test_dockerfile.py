@@ -140,7 +140,7 @@ def test_the_install_step_in_a_clean_venv_gives_a_working_bridge_without_tensorf
 
     run(str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(context))
     assert "--bootstrap-servers" in run(str(bin_dir / "tfs-bridge"), "run", "--help")
-    modules = run(str(python), "-c", "import importlib.util, bridge.app, bridge.cli; "
+    modules = run(str(python), "-c", "import importlib.util, bridge.loop.run, bridge.cli; "
                   "print([m for m in ('tensorflow', 'tensorflow_serving', 'keras') if importlib.util.find_spec(m)])")
     assert modules.strip() == "[]"
     installed = run(str(python), "-m", "pip", "list", "--format=freeze").lower()

@@ -16,9 +16,9 @@ from PIL import Image
 from ipaddress import ip_address
 from urllib.parse import quote
 
-from bridge.address_policy import AddressPolicy
+from bridge.images.address_policy import AddressPolicy
 from bridge.errors import FetchBlocked, FetchError
-from bridge.fetch import FetchLimits, ImageFetcher, sniff_image_type
+from bridge.images.fetch import FetchLimits, ImageFetcher, sniff_image_type
 from scripts.image_server import ImageServer
 
 LOCAL = AddressPolicy.from_entries(["127.0.0.1"])  # the test servers' address, opened explicitly

@@ -1,7 +1,7 @@
 import pytest
 
 from bridge.errors import FetchError, ModelUnusable, TransactionAborted
-from bridge.isolation import isolate
+from bridge.loop.isolation import isolate
 from bridge.records import DeadLetter, Record
 
 RECORD = Record("in", 1, 5, None, b"http://h/x.png")

@@ -7,7 +7,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from bridge.errors import FatalKafkaError, KafkaTransactionError, OutputError, TransactionAborted
-from bridge.kafka import CallGuard, TransactionalProducer, call_transactional, classify
+from bridge.kafka.clients import CallGuard, TransactionalProducer, call_transactional, classify
 
 
 def kafka_exception(code=KafkaError._TIMED_OUT, fatal=False, retriable=False, txn_requires_abort=False):

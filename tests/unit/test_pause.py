@@ -1,7 +1,7 @@
 import pytest
 
 from bridge.errors import ModelGone
-from bridge.pause import PauseState
+from bridge.loop.pause import PauseState
 
 
 class Clock:

@@ -7,8 +7,8 @@ import time
 import pytest
 
 from bridge.errors import FetchError, ImageError, ModelUnusable
-from bridge.pipeline import BatchingPolicy, Pipeline
-from bridge.predictor import Classified
+from bridge.loop.pipeline import BatchingPolicy, Pipeline
+from bridge.model.predictor import Classified
 from bridge.records import ClassScore, Record
 
 

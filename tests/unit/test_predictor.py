@@ -8,10 +8,10 @@ import pytest
 
 from bridge.errors import (ModelGone, ModelNotFound, ModelRejectedInput, ModelServerError, ModelServerRefused,
                            ModelServerUnavailable, ModelUnusable, PredictionRejected)
-from bridge.model_client import ModelTarget, Prediction as ModelAnswer, VersionStatus
-from bridge.predictor import Classified, Predictor, RetryPolicy, top_k
-from bridge.signature import ImageSignature, InputKind, TensorSpec
-from bridge.tensors import DataType
+from bridge.model.client import ModelTarget, Prediction as ModelAnswer, VersionStatus
+from bridge.model.predictor import Classified, Predictor, RetryPolicy, top_k
+from bridge.model.signature import ImageSignature, InputKind, TensorSpec
+from bridge.model.tensors import DataType
 
 SIGNATURE = ImageSignature("serving_default", TensorSpec("images", DataType.DT_UINT8, (-1, 2, 2, 3)),
                            InputKind.UINT8, "scores", "classes")

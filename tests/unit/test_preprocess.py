@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from bridge.errors import ImageError
-from bridge.preprocess import Preprocessor, ScaleSpec
-from bridge.signature import ImageSignature, InputKind, TensorSpec
-from bridge.tensors import DataType
+from bridge.images.preprocess import Preprocessor, ScaleSpec
+from bridge.model.signature import ImageSignature, InputKind, TensorSpec
+from bridge.model.tensors import DataType
 from bridge.tfs_api import meta_graph_pb2
 
 RED, GREEN, BLUE, WHITE, BLACK = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0)
@@ -226,7 +226,7 @@ def test_the_memory_bound_follows_the_caps():
 
 
 def test_stack_makes_one_batch_of_arrays():
-    from bridge.predictor import stack
+    from bridge.model.predictor import stack
 
     preprocessor = Preprocessor(signature(InputKind.UINT8, 4, 6))
     images = [preprocessor.prepare(encode(Image.new("RGB", (9, 9), colour))) for colour in (RED, GREEN, BLUE)]
@@ -236,7 +236,7 @@ def test_stack_makes_one_batch_of_arrays():
 
 
 def test_stack_of_encoded_images_is_the_list_of_bytes():
-    from bridge.predictor import stack
+    from bridge.model.predictor import stack
 
     preprocessor = Preprocessor(signature(InputKind.ENCODED))
     items = [encode(Image.new("RGB", (4, 4), colour)) for colour in (RED, GREEN)]
@@ -245,7 +245,7 @@ def test_stack_of_encoded_images_is_the_list_of_bytes():
 
 @pytest.mark.parametrize("kind", [InputKind.UINT8, InputKind.FLOAT32, InputKind.ENCODED])
 def test_the_probe_image_prepares_for_every_kind_of_signature(kind):
-    from bridge.preprocess import probe_png
+    from bridge.images.preprocess import probe_png
 
     prepared = Preprocessor(signature(kind, 4, 6)).prepare(probe_png())
     assert isinstance(prepared, bytes) if kind is InputKind.ENCODED else prepared.shape == (4, 6, 3)

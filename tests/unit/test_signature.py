@@ -1,8 +1,8 @@
 import pytest
 
 from bridge.errors import SignatureError
-from bridge.signature import ImageSignature, InputKind
-from bridge.tensors import DataType
+from bridge.model.signature import ImageSignature, InputKind
+from bridge.model.tensors import DataType
 from bridge.tfs_api import meta_graph_pb2
 
 

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from bridge import tensors
+from bridge.model import tensors
 from bridge.errors import SignatureError
-from bridge.tensors import DataType
+from bridge.model.tensors import DataType
 from bridge.tfs_api import tensor_pb2
 
 

@@ -1,5 +1,5 @@
 """Property: whatever a record holds and whatever its image server answers, the transform returns exactly one
-encoded outcome per record, in order, and raises nothing (the failure boundary of bridge.isolation).
+encoded outcome per record, in order, and raises nothing (the failure boundary of bridge.loop.isolation).
 
 Records go through the real parser, fetcher, preprocessor, predictor and encoder. Only the transport under
 requests and the model server client are fakes, so no test traffic leaves the process.
@@ -20,14 +20,14 @@ from PIL import Image
 from requests.adapters import BaseAdapter
 
 from bridge.errors import ModelRejectedInput, ModelServerError
-from bridge.fetch import FetchLimits, ImageFetcher
-from bridge.model_client import ModelTarget, Prediction as ModelAnswer
-from bridge.pipeline import BatchingPolicy, Pipeline
-from bridge.predictor import Predictor, RetryPolicy
-from bridge.preprocess import Preprocessor, probe_png
+from bridge.images.fetch import FetchLimits, ImageFetcher
+from bridge.model.client import ModelTarget, Prediction as ModelAnswer
+from bridge.loop.pipeline import BatchingPolicy, Pipeline
+from bridge.model.predictor import Predictor, RetryPolicy
+from bridge.images.preprocess import Preprocessor, probe_png
 from bridge.records import Record
-from bridge.signature import ImageSignature, InputKind, TensorSpec
-from bridge.tensors import DataType
+from bridge.model.signature import ImageSignature, InputKind, TensorSpec
+from bridge.model.tensors import DataType
 
 SIGNATURE = ImageSignature("serving_default", TensorSpec("images", DataType.DT_UINT8, (-1, 4, 4, 3)),
                            InputKind.UINT8, "scores", None)

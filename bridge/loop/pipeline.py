@@ -2,7 +2,7 @@
 
 parse -> fetch + preprocess (a bounded thread pool) -> Predict batches (up to max_batch_size images, or whatever
 is ready after batch_linger; at most max_in_flight batches at once) -> top-k -> output (encoded, size-checked).
-Every per-record stage runs inside the failure boundary (bridge.isolation), so whatever goes wrong with one
+Every per-record stage runs inside the failure boundary (bridge.loop.isolation), so whatever goes wrong with one
 record becomes its dead letter. Pure with respect to Kafka: it never touches a consumer or producer. If the
 model server fails as a whole, the whole call raises ModelUnusable and produces nothing, so the caller can redo
 the records later.
@@ -16,10 +16,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from bridge.fetch import ImageFetcher
-from bridge.isolation import isolate
-from bridge.predictor import Classified, PreparedImage, Predictor
-from bridge.preprocess import Preprocessor
+from bridge.images.fetch import ImageFetcher
+from bridge.loop.isolation import isolate
+from bridge.model.predictor import Classified, PreparedImage, Predictor
+from bridge.images.preprocess import Preprocessor
 from bridge.records import (DEFAULT_MAX_MESSAGE_BYTES, DeadLetter, ImageRequest, Outcome, OutputMessage, Record,
                             Result, encode, encode_dead_letter, parse_request)
 

@@ -2,7 +2,7 @@
 deadline, a byte cap and a redirect limit.
 
 Each hop (the URL, then every redirect) is parsed, its host resolved once, every resolved address checked by the
-policy, and the connection made to the checked address (bridge.http_transport). The deadline covers resolution,
+policy, and the connection made to the checked address (bridge.images.http_transport). The deadline covers resolution,
 connecting, redirects, headers and body together, however slowly the bytes come. Every failure is a FetchError
 with a one-line message naming the cause, with credentials and query strings removed; a refused address is a
 FetchBlocked whose message is the same whether or not anything listens there. .netrc files and proxy
@@ -23,9 +23,9 @@ import requests
 import urllib3
 from urllib3.exceptions import ReadTimeoutError
 
-from bridge.address_policy import AddressPolicy, IPAddress, parse_host_address
+from bridge.images.address_policy import AddressPolicy, IPAddress, parse_host_address
 from bridge.errors import FetchBlocked, FetchError
-from bridge.http_transport import FetchScope, PinnedAdapter, SocketReaper
+from bridge.images.http_transport import FetchScope, PinnedAdapter, SocketReaper
 from bridge.redact import redact_url
 
 _SCHEMES = ("http", "https")

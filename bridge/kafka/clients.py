@@ -1,7 +1,7 @@
 """Thin wrappers over confluent-kafka for exactly-once work: a transactional producer and a
 read_committed consumer that never commits on its own.
 
-Transaction policy (when to commit, what to redo) lives in bridge.checkpoint; this module turns librdkafka's
+Transaction policy (when to commit, what to redo) lives in bridge.kafka.checkpoint; this module turns librdkafka's
 errors into the bridge's exceptions and keeps every call bounded in time:
     txn_requires_abort(), or the state error librdkafka answers after one      -> TransactionAborted
     fatal(), or a call that has not returned within its deadline               -> FatalKafkaError

@@ -24,9 +24,9 @@ import tenacity
 
 from bridge.errors import (ModelGone, ModelNotFound, ModelRejectedInput, ModelServerError, ModelServerRefused,
                            ModelServerUnavailable, ModelUnusable, PredictionRejected, SignatureError, SystemFailure)
-from bridge.model_client import ModelServerClient
+from bridge.model.client import ModelServerClient
 from bridge.records import ClassScore
-from bridge.signature import ImageSignature, InputKind
+from bridge.model.signature import ImageSignature, InputKind
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class Predictor:
                  top_k: int = 5, retry: RetryPolicy = RetryPolicy(),
                  sleep: Callable[[float], None] | None = None, interrupt: threading.Event | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        """probe_image: a prepared image the model is known to classify (preprocess.probe_image()).
+        """probe_image: a prepared image the model is known to classify (images.preprocess.probe_png(), prepared).
         interrupt: once set (shutdown), retrying stops and ModelUnusable goes up at once."""
         self.client = client
         self.signature = signature

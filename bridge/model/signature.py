@@ -11,7 +11,7 @@ import enum
 from dataclasses import dataclass
 
 from bridge.errors import SignatureError
-from bridge.tensors import DataType, dtype_name
+from bridge.model.tensors import DataType, dtype_name
 from bridge.tfs_api import meta_graph_pb2
 
 SCORE_OUTPUT_NAMES = ("scores", "probabilities", "predictions")

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from bridge import tensors
+from bridge.model import tensors
 from bridge.errors import (ModelNotFound, ModelRejectedInput, ModelServerError, ModelServerRefused,
                            ModelServerUnavailable, SignatureError)
-from bridge.signature import ImageSignature, InputKind
+from bridge.model.signature import ImageSignature, InputKind
 from bridge.tfs_api import (get_model_metadata_pb2, get_model_status_pb2, model_pb2, model_service_pb2_grpc,
                             predict_pb2, prediction_service_pb2_grpc)
 

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bridge.errors import ImageError
-from bridge.signature import ImageSignature, InputKind
+from bridge.model.signature import ImageSignature, InputKind
 
 # The formats the fetcher accepts (fetch.sniff_image_type). Pillow's rarer plugins (EPS runs Ghostscript,
 # for one) never see untrusted bytes. Not TIFF: a container of many codecs (libtiff's long history of

@@ -26,20 +26,20 @@ from types import FrameType
 
 from confluent_kafka import TopicPartition
 
-from bridge.checkpoint import Checkpoint, OutputTopics
+from bridge.kafka.checkpoint import Checkpoint, OutputTopics
 from bridge.config import Settings
 from bridge.errors import (BridgeError, ConfigError, FatalKafkaError, ModelServerError, ModelServerUnavailable,
                            ModelUnusable, SignatureError, TransactionAborted)
-from bridge.fetch import FetchLimits, ImageFetcher
-from bridge.kafka import PartitionKey, ReadCommittedConsumer, TransactionalProducer
-from bridge.metrics import Throughput
-from bridge.model_client import ModelServerClient
-from bridge.pause import PauseState
-from bridge.pipeline import BatchingPolicy, Pipeline
-from bridge.predictor import Predictor, RetryPolicy
-from bridge.preprocess import Preprocessor, ScaleSpec, probe_png
+from bridge.images.fetch import FetchLimits, ImageFetcher
+from bridge.kafka.clients import PartitionKey, ReadCommittedConsumer, TransactionalProducer
+from bridge.ops.metrics import Throughput
+from bridge.model.client import ModelServerClient
+from bridge.loop.pause import PauseState
+from bridge.loop.pipeline import BatchingPolicy, Pipeline
+from bridge.model.predictor import Predictor, RetryPolicy
+from bridge.images.preprocess import Preprocessor, ScaleSpec, probe_png
 from bridge.records import Record
-from bridge.signature import ImageSignature
+from bridge.model.signature import ImageSignature
 
 log = logging.getLogger(__name__)
 POLL_TIMEOUT = 0.2

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaError, Message, TopicPartition
 
 from bridge.errors import OutputError, TransactionAborted
-from bridge.kafka import DeliveryCallback, PartitionKey, ReadCommittedConsumer, TransactionalProducer
+from bridge.kafka.clients import DeliveryCallback, PartitionKey, ReadCommittedConsumer, TransactionalProducer
 from bridge.records import DeadLetter, OutputMessage, Record, encode_dead_letter
 
 log = logging.getLogger(__name__)

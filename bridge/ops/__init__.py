@@ -1,0 +1,1 @@
+"""Operations: what the bridge tells its operator (metrics)."""
