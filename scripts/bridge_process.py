@@ -13,16 +13,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class BridgeProcess:
-    def __init__(self, log_path: Path, *flags: str, env: dict[str, str] | None = None) -> None:
-        """flags: what follows `tfs-bridge run`; stdout and stderr go to log_path."""
+    def __init__(self, log_path: Path, *flags: str, env: dict[str, str] | None = None, root: Path = ROOT) -> None:
+        """flags: what follows `tfs-bridge run`; stdout and stderr go to log_path. root: the checkout whose
+        bridge package runs (another one, such as a git worktree of an older commit, for comparisons)."""
         self.log_path = log_path
+        self.root = root
         self.flags = list(flags)
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.process: subprocess.Popen | None = None
 
     def start(self) -> BridgeProcess:
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "bridge", "run", *self.flags], cwd=ROOT,
+            self.process = subprocess.Popen([sys.executable, "-m", "bridge", "run", *self.flags], cwd=self.root,
                                             env=self.env, stdout=log, stderr=subprocess.STDOUT)
         return self
 

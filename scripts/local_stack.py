@@ -65,10 +65,15 @@ class LocalStack:
     work_dir: Path
 
     @contextlib.contextmanager
-    def bridge(self, *flags: str, log_name: str = "bridge.log") -> Iterator[BridgeProcess]:
-        """`tfs-bridge run` on this stack as a child process; stopped with SIGTERM when the block ends."""
+    def bridge(self, *flags: str, log_name: str = "bridge.log", root: Path = ROOT,
+               allow_local_images: bool = True) -> Iterator[BridgeProcess]:
+        """`tfs-bridge run` on this stack as a child process; stopped with SIGTERM when the block ends.
+
+        allow_local_images: open the address policy for 127.0.0.1, where the sample images are served.
+        root: the checkout whose bridge runs (for comparisons with an older commit)."""
+        local = ("--fetch-allow", "127.0.0.1") if allow_local_images else ()
         bridge = BridgeProcess(self.work_dir / log_name, "--bootstrap-servers", self.kafka.bootstrap_servers,
-                               "--model-server", self.model_address, "--fetch-allow", "127.0.0.1", *flags).start()
+                               "--model-server", self.model_address, *local, *flags, root=root).start()
         try:
             yield bridge
         finally:

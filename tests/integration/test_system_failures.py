@@ -126,3 +126,32 @@ def test_a_broker_restart_mid_stream_neither_hangs_nor_loses_or_doubles(tmp_path
         if "bridge" in locals():
             bridge.kill()
         broker.stop()
+
+
+def test_sigterm_is_honoured_within_the_shutdown_timeout_while_kafka_is_gone(tmp_path, image_server, held_out, unique,
+                                                                              model_server):
+    from scripts.bridge_process import BridgeProcess
+    from tests.integration.conftest import LOCAL_IMAGES, BridgeTopics
+
+    broker = LocalKafka(tmp_path / "kafka", port=free_port())
+    broker.start()
+    bridge = None
+    try:
+        topics = BridgeTopics(f"images-{unique}", f"predictions-{unique}", f"dead-{unique}", f"bridge-{unique}")
+        broker.create_topics({topics.input: 3, topics.output: 3, topics.dead_letters: 1})
+        send_digits(broker, topics, image_server, held_out, 3000)
+        bridge = BridgeProcess(tmp_path / "bridge.log", "--bootstrap-servers", broker.bootstrap_servers,
+                               "--model-server", model_server.address, *topics.flags(), *LOCAL_IMAGES,
+                               "--max-batch-size", "8", "--shutdown-timeout-ms", "5000").start()
+        wait_for_outputs(broker, topics, 50)
+        broker.stop()  # gone for good: every Kafka call from now on waits on a broker that never answers
+        time.sleep(3)
+        began = time.monotonic()
+        code = bridge.terminate(timeout=30)
+        took = time.monotonic() - began
+        assert took < 5 + 3, f"took {took:.1f} s"  # the shutdown timeout, plus a margin for the exit itself
+        assert code in (0, 1), bridge.log()[-2000:]  # a clean stop, or the forced exit once the timeout passed
+    finally:
+        if bridge is not None:
+            bridge.kill()
+        broker.stop()
