@@ -63,22 +63,29 @@ class CallGuard:
     def __init__(self, name: str) -> None:
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name)
 
-    def run(self, what: str, call: Callable[[], T], deadline: float) -> T:
-        """call()'s value or exception; FatalKafkaError if it has not returned by the deadline (monotonic)."""
+    def run(self, what: str, call: Callable[[], T], deadline: float, serve: Callable[[], object] | None = None) -> T:
+        """call()'s value or exception; FatalKafkaError if it has not returned by the deadline (monotonic).
+
+        serve: called about twice a second while waiting, e.g. to serve the client's log lines, errors and
+        delivery reports on the calling thread, so they are not held back while the call blocks."""
         future = self._worker.submit(call)
-        try:
-            return future.result(timeout=max(0.0, deadline - time.monotonic()))
-        except concurrent.futures.TimeoutError:
-            # The worker stays stuck in librdkafka: this client is unusable from now on.
-            raise FatalKafkaError(f"{what} did not return within its deadline; Kafka is unreachable or its "
-                                  "coordinator moved, and librdkafka cannot recover this client") from None
+        while True:
+            try:
+                return future.result(timeout=max(0.0, min(0.5, deadline - time.monotonic())))
+            except concurrent.futures.TimeoutError:
+                if time.monotonic() >= deadline:
+                    # The worker stays stuck in librdkafka: this client is unusable from now on.
+                    raise FatalKafkaError(f"{what} did not return within its deadline; Kafka is unreachable or "
+                                          "its coordinator moved, and librdkafka cannot recover this client") from None
+                if serve is not None:
+                    serve()
 
     def close(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)
 
 
 def call_transactional(what: str, call: Callable[[float], T], timeout: float, guard: CallGuard,
-                       sleep: Callable[[float], None] = time.sleep) -> T:
+                       sleep: Callable[[float], None] = time.sleep, serve: Callable[[], object] | None = None) -> T:
     """Run a producer transaction call (given the seconds it may take), retrying retriable errors, all within
     `timeout`; the rest are classified. The call runs under `guard`, so it cannot block past the deadline."""
     deadline = time.monotonic() + timeout
@@ -87,7 +94,7 @@ def call_transactional(what: str, call: Callable[[float], T], timeout: float, gu
         attempt += 1
         remaining = deadline - time.monotonic()
         try:
-            return guard.run(what, lambda: call(max(remaining, 0.1)), deadline + GRACE)
+            return guard.run(what, lambda: call(max(remaining, 0.1)), deadline + GRACE, serve)
         except KafkaException as exc:
             error = _kafka_error(exc)
             if not _retriable(error) or time.monotonic() + attempt * 0.2 >= deadline:
@@ -128,7 +135,7 @@ class TransactionalProducer:
         self.in_transaction = False
 
     def _transactional(self, what: str, call: Callable[[float], T]) -> T:
-        return call_transactional(what, call, self.timeout, self._guard)
+        return call_transactional(what, call, self.timeout, self._guard, serve=self.serve_deliveries)
 
     def init(self) -> None:
         """Register the transactional.id, fencing older instances that used it; aborts their open work."""
@@ -163,7 +170,7 @@ class TransactionalProducer:
                 raise classify("produce", exc) from exc
 
     def serve_deliveries(self) -> None:
-        """Run the delivery callbacks of records that have been acknowledged or have failed."""
+        """Serve librdkafka's callbacks on this thread: delivery reports, errors and log lines."""
         self._producer.poll(0)
 
     def send_offsets(self, offsets: Sequence[TopicPartition], group_metadata: Any) -> None:

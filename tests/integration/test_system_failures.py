@@ -146,6 +146,7 @@ def test_sigterm_is_honoured_within_the_shutdown_timeout_while_kafka_is_gone(tmp
         wait_for_outputs(broker, topics, 50)
         broker.stop()  # gone for good: every Kafka call from now on waits on a broker that never answers
         time.sleep(3)
+        assert " bridge.librdkafka " in bridge.log()  # librdkafka's own errors reach the bridge's log
         began = time.monotonic()
         code = bridge.terminate(timeout=30)
         took = time.monotonic() - began
