@@ -205,7 +205,11 @@ class Settings:
     max_pause_ms: int = setting(600000, NON_NEGATIVE, "how long input may stay paused for a failing model server "
                                 "before the bridge exits 1; 0: forever")
     # Transactions and lifecycle
-    commit_interval_ms: int = setting(0, NON_NEGATIVE, "time between commits; 0: one transaction per polled batch")
+    commit_interval_ms: int = setting(100, NON_NEGATIVE, "time between transaction commits; 0: as soon as an "
+                                      "outcome is ready")
+    window_records: int = setting(512, POSITIVE, "records in flight at most (polled, not yet committed); a full "
+                                  "window pauses input until it drains")
+    window_bytes: int = setting(16 * 2**20, POSITIVE, "bytes of record values in flight at most")
     max_poll_interval_ms: int = setting(300000, POSITIVE, "consumer max.poll.interval.ms")
     transaction_timeout_ms: int = setting(60000, POSITIVE, "producer transaction.timeout.ms")
     kafka_timeout_ms: int = setting(30000, POSITIVE, "deadline of each Kafka transaction call and of closing; "
@@ -240,12 +244,13 @@ class Settings:
             raise ConfigError(f"{_names('retry_initial_backoff_ms')} must not exceed "
                               f"{_names('retry_max_backoff_ms')} ({self.retry_max_backoff_ms}), "
                               f"got '{self.retry_initial_backoff_ms}'")
-        slowest = self.fetch_deadline_ms + self.retry_budget_ms + self.grpc_timeout_ms
-        if self.max_poll_interval_ms <= slowest:
+        # The loop never waits on a fetch or a Predict between polls; while paused, on one health check (three
+        # gRPC calls). A Kafka call that blocks is bounded by --kafka-timeout-ms and then ends the process.
+        if self.max_poll_interval_ms <= 3 * self.grpc_timeout_ms:
             raise ConfigError(
-                f"{_names('max_poll_interval_ms')} must exceed --fetch-deadline-ms + --retry-budget-ms + "
-                f"--grpc-timeout-ms ({slowest}), got '{self.max_poll_interval_ms}': a batch can take that long "
-                "without a poll, and Kafka evicts a consumer from its group after max.poll.interval.ms")
+                f"{_names('max_poll_interval_ms')} must exceed 3 x --grpc-timeout-ms ({3 * self.grpc_timeout_ms}), "
+                f"got '{self.max_poll_interval_ms}': a health check of the model server can take that long "
+                "between polls, and Kafka evicts a consumer after max.poll.interval.ms")
         if self.commit_interval_ms >= self.transaction_timeout_ms:
             raise ConfigError(
                 f"{_names('commit_interval_ms')} must be less than {_names('transaction_timeout_ms')} "

@@ -1,21 +1,22 @@
 """One Kafka transaction's worth of processed records: their results, dead letters and input offsets.
 
 Protocol (the order of confluent-kafka's eos_transactions example, plus the abort path it leaves out):
-    1. begin the transaction at the first add()
-    2. produce every outcome, in input offset order
-    3. commit(): send the input positions (last offset + 1 per partition) with the consumer group metadata,
-       then commit_transaction; results and offsets become visible together
-    4. on TransactionAborted: abort, seek each partition back to the first offset of the transaction
-       (= the group's committed offset), and let the loop redo the records
+    1. begin the transaction at the first produce()
+    2. produce every outcome, each input partition's in offset order
+    3. commit(positions): send the input positions (the offset after the last produced record, per partition)
+       with the consumer group metadata, then commit_transaction; results and offsets become visible together
+    4. on TransactionAborted: abort(); the run loop seeks the partitions back to the last committed positions
+       (bridge.loop.window) and redoes the records
 
 A record Kafka refuses on its own (larger than the producer's or the topic's limit) becomes a small dead letter
-instead: at once when the producer refuses it, and on the redo when the broker's delivery report refused it.
+instead: at once when the producer refuses it, and on the redo when the broker's delivery report refused it
+(`refused` remembers it across the abort).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, Message, TopicPartition
@@ -47,23 +48,21 @@ class Checkpoint:
         self.producer = producer
         self.consumer = consumer
         self.topics = topics
-        self._first: dict[PartitionKey, int] = {}  # where to rewind to on abort
-        self._next: dict[PartitionKey, int] = {}  # the positions to commit
         self.pending = 0  # records in the open transaction
         self._undelivered = 0  # delivery reports with an error, in the open transaction
         # Records whose result the broker refused, by (topic, partition, offset): dead letters when redone.
         self.refused: dict[tuple[str, int, int], str] = {}
 
-    def add(self, records: Sequence[Record], messages: Sequence[OutputMessage]) -> None:
-        """Produce the encoded outcomes of processed records in the open transaction (begun if needed)."""
+    def produce(self, messages: Sequence[OutputMessage]) -> None:
+        """Produce encoded outcomes in the open transaction (begun if needed). TransactionAborted if the
+        producer needs an abort, or a record of the transaction was not delivered."""
+        if not messages:
+            return
         if not self.producer.in_transaction:
             self.producer.begin()
-        for record, message in zip(records, messages, strict=True):
+        for message in messages:
             self._produce(message)
             self.pending += 1
-            key = (record.topic, record.partition)
-            self._first.setdefault(key, record.offset)
-            self._next[key] = max(self._next.get(key, 0), record.offset + 1)
         self.producer.serve_deliveries()
         if self._undelivered:
             raise TransactionAborted(f"{self._undelivered} record(s) of the transaction could not be delivered")
@@ -71,7 +70,7 @@ class Checkpoint:
     def _produce(self, message: OutputMessage) -> None:
         coordinates = _coordinates(message.record)
         if coordinates in self.refused:
-            message = self._refused_letter(message.record, self.refused[coordinates])
+            message = self._refused_letter(message.record, self.refused.pop(coordinates))
         try:
             self._send(message)
         except OutputError as error:  # the producer refused this record alone: its dead letter instead
@@ -99,41 +98,24 @@ class Checkpoint:
                 self.refused[_coordinates(record)] = f"Kafka refused the result: {error.str()}"
         return report
 
-    def commit(self) -> bool:
-        """Commit outputs and offsets together. False if the transaction had to be aborted (records rewound)."""
+    def commit(self, positions: Mapping[PartitionKey, int]) -> None:
+        """Commit the produced outcomes with the input positions. TransactionAborted: the caller aborts and
+        rewinds."""
         if not self.producer.in_transaction:
-            return True
-        try:
-            offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in self._next.items()]
-            self.producer.send_offsets(offsets, self.consumer.group_metadata())
-            self.producer.commit()
-            self.producer.serve_deliveries()
-        except TransactionAborted as exc:
-            log.warning("transaction aborted (%s); redoing %d records", exc, self.pending)
-            self.abort()
-            return False
-        self.refused = {c: reason for c, reason in self.refused.items() if c[2] >= self._next.get(c[:2], 0)}
+            return
+        offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in positions.items()]
+        self.producer.send_offsets(offsets, self.consumer.group_metadata())
+        self.producer.commit()
+        self.producer.serve_deliveries()
         self._clear()
-        return True
 
-    def abort(self, keep_positions_of: Collection[PartitionKey] = (),
-              also_rewind: Mapping[PartitionKey, int] | None = None) -> None:
-        """Abort the open transaction and seek its partitions back so the records are read again.
-
-        keep_positions_of: partitions not to seek (lost: the next owner starts from the committed offset).
-        also_rewind: positions of records consumed after the transaction's (an unfinished batch); a partition
-        in the transaction goes back to the transaction's first offset, which is earlier.
-        """
+    def abort(self) -> None:
+        """Abort the open transaction, if any; its outcomes never become visible."""
         if self.producer.in_transaction:
             self.producer.abort()
-        rewind = {**(also_rewind or {}), **self._first}
-        rewind = {key: offset for key, offset in rewind.items() if key not in keep_positions_of}
-        self.consumer.seek(rewind)
         self._clear()
 
     def _clear(self) -> None:
-        self._first.clear()
-        self._next.clear()
         self.pending = 0
         self._undelivered = 0
 

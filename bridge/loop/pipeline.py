@@ -1,25 +1,32 @@
-"""The transform: records in, one encoded Result or DeadLetter per record out, in the same order.
+"""The transform, as stages that feed each other: records in, one encoded Result or DeadLetter per record out.
 
-parse -> fetch + preprocess (a bounded thread pool) -> Predict batches (up to max_batch_size images, or whatever
-is ready after batch_linger; at most max_in_flight batches at once) -> top-k -> output (encoded, size-checked).
-Every per-record stage runs inside the failure boundary (bridge.loop.isolation), so whatever goes wrong with one
-record becomes its dead letter. Pure with respect to Kafka: it never touches a consumer or producer. If the
-model server fails as a whole, the whole call raises ModelUnusable and produces nothing, so the caller can redo
-the records later.
+    submit(record) -> parse (at once) -> fetch + preprocess (fetch_concurrency threads) -> the batcher (one
+    thread: up to max_batch_size images, or whatever is ready after batch_linger, or at once when no fetch is
+    pending) -> Predict (at most max_in_flight calls) -> top-k -> completions
+
+Batches form across submit() calls, so the caller can keep polling while images are fetched and predicted.
+Every outcome arrives on the completions queue as a Completion (encoded by encode(), on the caller's thread);
+a model server failing as a whole arrives as a Failure naming the records it leaves unfinished. Every per-record
+stage runs inside the failure boundary (bridge.loop.isolation), so whatever goes wrong with one record becomes
+its dead letter. Pure with respect to Kafka: it never touches a consumer or producer.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
 
+from bridge.errors import SystemFailure, UnexpectedRecordError
 from bridge.images.fetch import ImageFetcher
+from bridge.images.preprocess import Preprocessor
 from bridge.loop.isolation import isolate
 from bridge.model.predictor import Classified, PreparedImage, Predictor
-from bridge.images.preprocess import Preprocessor
 from bridge.records import (DEFAULT_MAX_MESSAGE_BYTES, DeadLetter, ImageRequest, Outcome, OutputMessage, Record,
                             Result, encode, encode_dead_letter, parse_request)
 
@@ -33,6 +40,38 @@ class BatchingPolicy:
     max_in_flight: int = 2
 
 
+@dataclass(frozen=True)
+class Completion:
+    """One record's outcome; `tag` is what submit() was given with it (the run loop's generation)."""
+
+    record: Record
+    tag: Any
+    outcome: Outcome
+
+
+@dataclass(frozen=True)
+class Failure:
+    """The model server failed as a whole while these records were being predicted."""
+
+    error: SystemFailure
+    records: list[Record]
+
+
+@dataclass
+class _Item:
+    record: Record
+    tag: Any
+    request: ImageRequest
+    started: float
+    image: PreparedImage | None = None
+
+
+@dataclass
+class _Batcher:
+    ready: list[_Item] = field(default_factory=list)
+    first_ready_at: float = 0.0
+
+
 class Pipeline:
     def __init__(self, fetcher: ImageFetcher, preprocessor: Preprocessor, predictor: Predictor,
                  batching: BatchingPolicy = BatchingPolicy(), fetch_concurrency: int = 16,
@@ -44,88 +83,158 @@ class Pipeline:
         self.batching = batching
         self.max_message_bytes = max_message_bytes
         self.clock = clock
+        self.completions: queue.SimpleQueue[Completion | Failure] = queue.SimpleQueue()
         self._loaders = ThreadPoolExecutor(fetch_concurrency, thread_name_prefix="fetch")
         self._predictors = ThreadPoolExecutor(batching.max_in_flight, thread_name_prefix="predict")
+        self._calls = threading.BoundedSemaphore(batching.max_in_flight)
+        self._images: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._loading = 0  # fetches submitted and not yet handed to the batcher
+        self._predicting = 0
+        self._lock = threading.Lock()
+        self._accepting = True
+        self._batcher = threading.Thread(target=self._batch_forever, name="batcher", daemon=True)
+        self._batcher.start()
 
-    def close(self) -> None:
-        self._loaders.shutdown(cancel_futures=True)
-        self._predictors.shutdown(cancel_futures=True)
-        self.fetcher.close()
+    # --- the caller's side -------------------------------------------------------------------------------------
 
-    def process(self, records: Sequence[Record]) -> list[OutputMessage]:
+    def submit(self, record: Record, tag: Any = None) -> None:
+        """Start classifying one record; its Completion (or a Failure) arrives on `completions`."""
         started = self.clock()
-        outcomes: list[Outcome | None] = [None] * len(records)
-        requests: dict[int, ImageRequest] = {}
-        loading: dict[Future, int] = {}
-        for index, record in enumerate(records):
-            request = isolate("parse", record, lambda: parse_request(record))  # noqa: B023 - called at once
-            if isinstance(request, DeadLetter):
-                outcomes[index] = request
-                continue
-            requests[index] = request
-            loading[self._loaders.submit(self._load, record, request.url)] = index
+        request = isolate("parse", record, lambda: parse_request(record))
+        if isinstance(request, DeadLetter):
+            self.completions.put(Completion(record, tag, request))
+            return
+        with self._lock:
+            self._loading += 1
+        self._loaders.submit(self._load, _Item(record, tag, request, started))
 
-        predicting = self._load_and_batch(loading, outcomes)
-        try:
-            for future, indices in predicting.items():
-                for index, answer in zip(indices, future.result()):
-                    record = records[index]
-                    if isinstance(answer, Classified):
-                        outcomes[index] = Result(record, requests[index], answer.predictions, answer.model_name,
-                                                 answer.model_version, answer.signature_name,
-                                                 (self.clock() - started) * 1000)
-                    else:
-                        outcomes[index] = DeadLetter.from_error(record, answer)
-        finally:
-            for future in predicting:
-                future.cancel()
-        assert all(outcome is not None for outcome in outcomes)
-        return [self._encode(outcome) for outcome in outcomes]  # type: ignore[arg-type]
-
-    def _load(self, record: Record, url: str) -> PreparedImage | DeadLetter:
-        began = self.clock()
-        data = isolate("fetch", record, lambda: self.fetcher.fetch(url))
-        log.debug("fetch for %s[%d]@%d took %.0f ms: %s", record.topic, record.partition, record.offset,
-                  (self.clock() - began) * 1000, data.error_type if isinstance(data, DeadLetter) else "ok")
-        if isinstance(data, DeadLetter):
-            return data
-        return isolate("preprocess", record, lambda: self.preprocessor.prepare(data))
-
-    def _encode(self, outcome: Outcome) -> OutputMessage:
+    def encode(self, outcome: Outcome) -> OutputMessage:
+        """The outcome as a Kafka record; one that cannot be encoded or is too large is its dead letter."""
         message = isolate("output", outcome.record, lambda: encode(outcome, self.max_message_bytes))
         if isinstance(message, DeadLetter):
             return encode_dead_letter(message, self.max_message_bytes)
         return message
 
-    def _load_and_batch(self, loading: dict[Future, int],
-                        outcomes: list[Outcome | None]) -> dict[Future, list[int]]:
-        """Collect loaded images into Predict batches as they become ready; returns batch futures."""
-        predicting: dict[Future, list[int]] = {}
-        ready: list[tuple[int, PreparedImage]] = []
-        first_ready_at = 0.0
+    def stop_accepting(self) -> None:
+        """Shutting down: fetches not yet started and images not yet in a Predict call are dropped (their
+        records never complete); Predict calls in flight finish."""
+        self._accepting = False
 
-        def dispatch() -> None:
-            indices = [index for index, _ in ready]
-            predicting[self._predictors.submit(self.predictor.predict, [image for _, image in ready])] = indices
-            ready.clear()
+    def process(self, records: Sequence[Record]) -> list[OutputMessage]:
+        """Classify records and wait for all of them: one encoded outcome per record, in order.
+        Raises the SystemFailure of a model server failing as a whole (the records are then unfinished)."""
+        for index, record in enumerate(records):
+            self.submit(record, index)
+        messages: list[OutputMessage | None] = [None] * len(records)
+        for _ in records:
+            done = self.completions.get()
+            if isinstance(done, Failure):
+                raise done.error
+            messages[done.tag] = self.encode(done.outcome)
+        return messages  # type: ignore[return-value]
 
-        pending = set(loading)
-        while pending:
+    def close(self) -> None:
+        self._accepting = False
+        self._images.put(None)
+        self._loaders.shutdown(cancel_futures=True)
+        self._predictors.shutdown(cancel_futures=True)
+        self.fetcher.close()
+
+    # --- the stages --------------------------------------------------------------------------------------------
+
+    def _load(self, item: _Item) -> None:
+        try:
+            if not self._accepting:
+                return
+            record = item.record
+            began = self.clock()
+            data = isolate("fetch", record, lambda: self.fetcher.fetch(item.request.url))
+            log.debug("fetch for %s[%d]@%d took %.0f ms: %s", record.topic, record.partition, record.offset,
+                      (self.clock() - began) * 1000, data.error_type if isinstance(data, DeadLetter) else "ok")
+            image = data if isinstance(data, DeadLetter) else isolate(
+                "preprocess", record, lambda: self.preprocessor.prepare(data))  # type: ignore[arg-type]
+            if isinstance(image, DeadLetter):
+                self.completions.put(Completion(record, item.tag, image))
+            else:
+                item.image = image
+                self._images.put(item)
+        finally:
+            with self._lock:
+                self._loading -= 1
+            self._images.put(_WAKE)  # the batcher may dispatch now that no fetch is pending
+
+    def _batch_forever(self) -> None:
+        batch = _Batcher()
+        while True:
             timeout = None
-            if ready:
-                timeout = max(0.0, first_ready_at + self.batching.linger - self.clock())
-            done, pending = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
-            for future in done:
-                index = loading[future]
-                image = future.result()
-                if isinstance(image, DeadLetter):
-                    outcomes[index] = image
+            if batch.ready:
+                timeout = max(0.0, batch.first_ready_at + self.batching.linger - self.clock())
+            try:
+                item = self._images.get(timeout=timeout)
+            except queue.Empty:
+                item = _WAKE
+            if item is None:
+                return
+            if item is not _WAKE:
+                if not self._accepting:
                     continue
-                if not ready:
-                    first_ready_at = self.clock()
-                ready.append((index, image))
-                if len(ready) >= self.batching.max_batch_size:
-                    dispatch()
-            if ready and (not pending or self.clock() >= first_ready_at + self.batching.linger):
-                dispatch()
-        return predicting
+                if not batch.ready:
+                    batch.first_ready_at = self.clock()
+                batch.ready.append(item)
+            if not batch.ready:
+                continue
+            with self._lock:
+                idle = self._loading == 0
+            full = len(batch.ready) >= self.batching.max_batch_size
+            lingered = self.clock() >= batch.first_ready_at + self.batching.linger
+            if full or lingered or idle:
+                self._dispatch(batch.ready[:self.batching.max_batch_size])
+                batch.ready = batch.ready[self.batching.max_batch_size:]
+                batch.first_ready_at = self.clock()
+
+    def predicting(self) -> int:
+        """Predict calls in flight (their outcomes not yet all on the completions queue)."""
+        with self._lock:
+            return self._predicting
+
+    def _dispatch(self, items: list[_Item]) -> None:
+        self._calls.acquire()  # at most max_in_flight Predict calls at once
+        with self._lock:
+            self._predicting += 1
+        try:
+            self._predictors.submit(self._predict, items)
+        except RuntimeError:  # shut down
+            self._predicted()
+
+    def _predicted(self) -> None:
+        with self._lock:
+            self._predicting -= 1
+        self._calls.release()
+
+    def _predict(self, items: list[_Item]) -> None:
+        try:
+            self._complete(items)
+        finally:
+            self._predicted()
+
+    def _complete(self, items: list[_Item]) -> None:
+        try:
+            answers: list = self.predictor.predict([item.image for item in items])  # type: ignore[misc]
+        except SystemFailure as exc:
+            self.completions.put(Failure(exc, [item.record for item in items]))
+            return
+        except Exception as exc:  # noqa: BLE001 - the boundary: unforeseen, so each record's own failure
+            log.warning("unexpected %s while predicting a batch of %d", type(exc).__name__, len(items))
+            answers = [UnexpectedRecordError("predict", exc)] * len(items)
+        finished = self.clock()
+        for item, answer in zip(items, answers):
+            if isinstance(answer, Classified):
+                outcome: Outcome = Result(item.record, item.request, answer.predictions, answer.model_name,
+                                          answer.model_version, answer.signature_name,
+                                          (finished - item.started) * 1000)
+            else:
+                outcome = DeadLetter.from_error(item.record, answer)
+            self.completions.put(Completion(item.record, item.tag, outcome))
+
+
+_WAKE: Any = object()  # tells the batcher to look again (a fetch ended); not an image

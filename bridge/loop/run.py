@@ -1,16 +1,21 @@
-"""The run loop: owns Kafka. Poll a batch, transform it, produce the outcomes and commit them with the input
-offsets in one transaction; pause when the model server fails as a whole; shut down cleanly on SIGTERM/SIGINT.
+"""The run loop: owns Kafka, and never stops polling.
+
+Each turn: poll; put the records in the in-flight window (bridge.loop.window) and hand them to the pipeline's
+stages; take the outcomes that have finished; produce each partition's contiguous finished prefix, in offset
+order, into the open transaction; every --commit-interval-ms, commit it with the frontier offsets. Records
+still in flight are not in the transaction. A full window pauses the partitions until it drains; slow work
+never holds up poll(), so it cannot cost the group membership.
 
 What stops or pauses the loop is a SystemFailure, and only that (bridge.errors):
-    ModelUnusable        abort and rewind the batch, pause the partitions, keep polling; resume once the model
-                         is AVAILABLE with the same signature and a real Predict succeeds (PauseState)
+    ModelUnusable        commit what is produced, forget the rest of the window and seek back to the frontier,
+                         pause the partitions, keep polling; resume once the model is AVAILABLE with the same
+                         signature and a real Predict succeeds (PauseState)
     ModelGone            exit 1: the signature changed, or the pause outlasted --max-pause-ms
-    TransactionAborted   abort, rewind to the transaction's first offsets, redo
+    TransactionAborted   abort, forget the window, seek back to the last committed frontier, redo
     any other Kafka one  exit 1 (fatal, fenced, or a call past its deadline)
 
-Processing is synchronous between polls, so a rebalance (which only happens inside poll) never meets a
-half-processed batch: the revoke callback only has to commit or abort the open transaction. A batch is
-bounded by the fetch deadline plus the retry budget, which config validation keeps below max.poll.interval.ms.
+On revoke, the produced prefix is committed and the revoked partitions' work in flight is dropped (the next
+owner redoes it from the committed frontier); on lost, the transaction is aborted and their state forgotten.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import signal
 import threading
 import time
@@ -35,14 +41,14 @@ from bridge.kafka.clients import PartitionKey, ReadCommittedConsumer, Transactio
 from bridge.ops.metrics import Throughput
 from bridge.model.client import ModelServerClient
 from bridge.loop.pause import PauseState
-from bridge.loop.pipeline import BatchingPolicy, Pipeline
+from bridge.loop.pipeline import BatchingPolicy, Failure, Pipeline
+from bridge.loop.window import InFlightWindow
 from bridge.model.predictor import Predictor, RetryPolicy
 from bridge.images.preprocess import Preprocessor, ScaleSpec, probe_png
 from bridge.records import Record
 from bridge.model.signature import ImageSignature
 
 log = logging.getLogger(__name__)
-POLL_TIMEOUT = 0.2
 
 
 class StopSignal:
@@ -112,12 +118,14 @@ class BridgeLoop:
         self.pipeline = pipeline
         self.stop = stop
         self.pause = PauseState(settings.seconds("resume_check_interval_ms"), settings.seconds("max_pause_ms"))
+        self.window = InFlightWindow(settings.window_records, settings.window_bytes)
         self.broken = False  # set when an error escapes run(): close() must then abort, not commit
         self.metrics = Throughput(settings.seconds("metrics_interval_ms"))
         self.consumer = consumer_factory(on_assign=self._on_assign, on_revoke=self._on_revoke,
                                          on_lost=self._on_lost)
         self.checkpoint = Checkpoint(producer, self.consumer, self._output_topics())
-        self.poll_size = settings.max_batch_size * settings.max_in_flight
+        self.commit_interval = settings.seconds("commit_interval_ms")
+        self._input_paused = False
         self._last_commit = time.monotonic()
 
     def _output_topics(self) -> OutputTopics:
@@ -141,57 +149,95 @@ class BridgeLoop:
         log.info("consuming %s as group %s, transactional.id %s", self.settings.input_topic,
                  self.settings.group_id, self.producer.transactional_id)
         while not self.stop.is_set():
-            if self.pause.paused:
-                self._wait_for_model()
-                continue
-            messages = self.consumer.poll_batch(self.poll_size, POLL_TIMEOUT)
-            if messages:
-                self._process([Record.from_message(m) for m in messages])
-            if self.checkpoint.pending and self._commit_due():
-                self._commit()
-            self.metrics.maybe_log()
-        self._commit()
+            self._turn()
+        self._finish()
 
-    def _process(self, records: list[Record]) -> None:
-        try:
-            messages = self.pipeline.process(records)
-        except ModelUnusable as exc:
-            self.checkpoint.abort(also_rewind=_first_offsets(records))
-            if self.stop.is_set():
-                log.info("stopping: the unfinished batch will be redone by the next owner of its partitions")
-                return
-            log.warning("model server fails as a whole (%s): pausing input; nothing is dead-lettered", exc)
-            self._pause(str(exc))
+    def _turn(self) -> None:
+        busy = self.window.records > 0
+        room = max(1, min(POLL_BATCH, self.window.max_records - self.window.records))
+        messages = self.consumer.poll_batch(room, POLL_BUSY if busy else POLL_IDLE)
+        self._admit([Record.from_message(m) for m in messages])
+        self._take_completions()
+        self._produce_ready()
+        if self.pause.paused:
+            self._check_model()
+        self._apply_pause()
+        if self.checkpoint.pending and time.monotonic() - self._last_commit >= self.commit_interval:
+            self._commit()
+        self.metrics.maybe_log()
+
+    def _admit(self, records: list[Record]) -> None:
+        if self._input_paused and records:
+            # From a partition assigned while input is paused: read them again after resuming.
+            self.consumer.seek(_first_offsets(records))
+            self.consumer.pause(self.consumer.assignment())
             return
+        for record in records:
+            self.pipeline.submit(record, self.window.admit(record))
+
+    def _take_completions(self) -> None:
+        completions = self.pipeline.completions
+        while True:
+            try:
+                done = completions.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(done, Failure):
+                self._model_failed(done)
+            elif self.window.finish(done.record, done.tag, self.pipeline.encode(done.outcome)):
+                self.metrics.processed_one(done.outcome)
+
+    def _produce_ready(self) -> None:
+        ready = self.window.ready()
         try:
-            self.checkpoint.add(records, messages)
+            self.checkpoint.produce(ready)
         except TransactionAborted as exc:
             log.warning("transaction aborted while producing (%s); redoing from the committed offsets", exc)
-            self.checkpoint.abort(also_rewind=_first_offsets(records))
-            return
-        self.metrics.processed(messages)
-
-    def _commit_due(self) -> bool:
-        interval = self.settings.seconds("commit_interval_ms")
-        return interval <= 0 or time.monotonic() - self._last_commit >= interval
+            self._abort_and_rewind()
 
     def _commit(self) -> None:
-        if self.checkpoint.pending:
-            pending = self.checkpoint.pending
-            if self.checkpoint.commit():
-                self.metrics.committed(pending)
+        pending = self.checkpoint.pending
+        try:
+            self.checkpoint.commit(self.window.frontier())
+        except TransactionAborted as exc:
+            log.warning("transaction aborted (%s); redoing %d records", exc, pending)
+            self._abort_and_rewind()
+        else:
+            self.window.committed()
+            self.metrics.committed(pending)
         self._last_commit = time.monotonic()
 
-    # Backpressure: paused partitions return nothing, but polling keeps the group membership alive.
-    def _pause(self, reason: str) -> None:
-        self.pause.pause(reason)
-        self.consumer.pause(self.consumer.assignment())
+    def _abort_and_rewind(self) -> None:
+        self.checkpoint.abort()
+        self.consumer.seek(self.window.restart())
 
-    def _wait_for_model(self) -> None:
-        stray = self.consumer.poll_batch(self.poll_size, POLL_TIMEOUT)
-        if stray:  # from a partition assigned while paused: read them again after resuming
-            self.consumer.seek(_first_offsets([Record.from_message(m) for m in stray]))
-            self.consumer.pause(self.consumer.assignment())
+    def _finish(self) -> None:
+        """Stopping: no new work; Predict calls in flight finish (within the shutdown timeout); commit."""
+        self.pipeline.stop_accepting()
+        deadline = time.monotonic() + self.settings.seconds("shutdown_timeout_ms") / 2
+        while self.pipeline.predicting() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self._take_completions()
+        self._produce_ready()
+        self._commit()
+
+    # --- the model server failing as a whole: pause, keep polling, resume on a real Predict ---------------------
+
+    def _model_failed(self, failure: Failure) -> None:
+        """Keep what is produced, redo the rest once the model serves again."""
+        self._produce_ready()
+        if self.checkpoint.pending:
+            self._commit()
+        self.consumer.seek(self.window.restart())
+        if self.stop.is_set():
+            log.info("stopping: unfinished records will be redone by the next owner of their partitions")
+            return
+        if not self.pause.paused:
+            log.warning("model server fails as a whole (%s): pausing input; nothing is dead-lettered",
+                        failure.error)
+        self.pause.pause(str(failure.error))
+
+    def _check_model(self) -> None:
         if not self.pause.check_due():
             return
         try:
@@ -202,24 +248,44 @@ class BridgeLoop:
             return
         paused_for = self.pause.resumed()
         log.info("model server serves again (a Predict succeeded): resuming input after %.1f s", paused_for)
-        self.consumer.resume(self.consumer.assignment())
 
-    # Rebalance callbacks run inside poll(), between batches: only the open transaction needs settling.
+    def _apply_pause(self) -> None:
+        # Paused partitions return nothing, but polling keeps the group membership alive.
+        wanted = self.pause.paused or self.window.full()
+        if wanted != self._input_paused:
+            (self.consumer.pause if wanted else self.consumer.resume)(self.consumer.assignment())
+            self._input_paused = wanted
+
+    # --- rebalance callbacks, run inside poll() -------------------------------------------------------------
+
     def _on_assign(self, partitions: list[TopicPartition]) -> None:
         log.info("assigned %s", _describe(partitions))
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
         log.info("revoked %s", _describe(partitions))
-        if self.checkpoint.pending and self.broken:
+        revoked = [(tp.topic, tp.partition) for tp in partitions]
+        if self.broken:
             with contextlib.suppress(Exception):  # best effort: the broker aborts it at transaction.timeout.ms
-                self.producer.abort()
-        elif self.checkpoint.pending:
+                self.checkpoint.abort()
+        else:
+            self._take_completions()
+            self._produce_ready()
             self._commit()
+        self.window.drop(revoked)  # their work in flight is stale now: the next owner redoes it
+        self._input_paused = False  # a new assignment starts unpaused
 
     def _on_lost(self, partitions: list[TopicPartition]) -> None:
         log.warning("lost %s: aborting the open transaction", _describe(partitions))
-        if self.checkpoint.pending:
-            self.checkpoint.abort(keep_positions_of={(tp.topic, tp.partition) for tp in partitions})
+        lost = {(tp.topic, tp.partition) for tp in partitions}
+        self.checkpoint.abort()
+        self.window.drop(lost)
+        self.consumer.seek(self.window.restart())
+        self._input_paused = False
+
+
+POLL_BATCH = 500
+POLL_BUSY = 0.005  # seconds: outcomes are waiting to be taken
+POLL_IDLE = 0.1
 
 
 def _first_offsets(records: list[Record]) -> dict[PartitionKey, int]:

@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from bridge.records import OutputMessage
+from bridge.records import Outcome, OutputMessage, Result
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,12 @@ class Throughput:
         results = sum(message.is_result for message in messages)
         self.results += results
         self.dead_letters += len(messages) - results
+
+    def processed_one(self, outcome: Outcome) -> None:
+        if isinstance(outcome, Result):
+            self.results += 1
+        else:
+            self.dead_letters += 1
 
     def committed(self, records: int) -> None:
         self.committed_records += records

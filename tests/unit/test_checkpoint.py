@@ -83,56 +83,55 @@ def parts():
     return producer, consumer, Checkpoint(producer, consumer, OutputTopics("out", "dlq", {"out": 3, "dlq": 1}))
 
 
-def test_commits_the_position_after_the_last_record_of_each_partition(parts):
+def test_commits_the_positions_it_is_given_with_the_produced_outcomes(parts):
     producer, _, checkpoint = parts
     batch = records(0, [4, 5, 6]) + records(2, [10])
-    checkpoint.add(batch, [result(r) for r in batch])
-    assert checkpoint.pending == 4
-    assert checkpoint.commit()
+    checkpoint.produce([result(r) for r in batch])
+    assert checkpoint.pending == 4 and producer.in_transaction
+    checkpoint.commit({("in", 0): 7, ("in", 2): 11})
     assert producer.committed_offsets == [{("in", 0): 7, ("in", 2): 11}]
-    assert checkpoint.pending == 0
+    assert checkpoint.pending == 0 and not producer.in_transaction
     assert [partition for _, _, partition in producer.produced] == [0, 0, 0, 2]
 
 
-def test_an_aborted_commit_rewinds_to_the_first_offsets_of_the_transaction(parts):
-    producer, consumer, checkpoint = parts
+def test_nothing_to_produce_opens_no_transaction(parts):
+    producer, _, checkpoint = parts
+    checkpoint.produce([])
+    checkpoint.commit({})
+    assert not producer.in_transaction and producer.committed_offsets == []
+
+
+def test_an_aborted_commit_goes_up_for_the_loop_to_rewind(parts):
+    producer, _, checkpoint = parts
     producer.commit_error = TransactionAborted("commit_transaction: abortable")
-    batch = records(1, [3, 4])
-    checkpoint.add(batch, [result(r) for r in batch])
-    assert not checkpoint.commit()
-    assert producer.aborts == 1 and consumer.seeks == [{("in", 1): 3}] and checkpoint.pending == 0
+    checkpoint.produce([result(r) for r in records(1, [3, 4])])
+    with pytest.raises(TransactionAborted):
+        checkpoint.commit({("in", 1): 5})
+    checkpoint.abort()
+    assert producer.aborts == 1 and checkpoint.pending == 0
 
 
 def test_a_record_the_producer_refuses_becomes_its_small_dead_letter(parts):
     producer, _, checkpoint = parts
     producer.refuse_larger_than = 5000
     batch = records(0, [0, 1])
-    checkpoint.add(batch, [result(batch[0], size=100_000), result(batch[1])])
+    checkpoint.produce([result(batch[0], size=100_000), result(batch[1])])
     (topic0, letter, _), (topic1, _, _) = producer.produced
     assert (topic0, topic1) == ("dlq", "out")
     assert letter["error"]["stage"] == "output" and "refused" in letter["error"]["message"]
 
 
 def test_a_result_the_broker_refused_is_a_dead_letter_when_the_transaction_is_redone(parts):
-    producer, consumer, checkpoint = parts
+    producer, _, checkpoint = parts
     producer.delivery_errors["out"] = KafkaError.MSG_SIZE_TOO_LARGE
     batch = records(0, [8])
     with pytest.raises(TransactionAborted, match="could not be delivered"):
-        checkpoint.add(batch, [result(batch[0])])
+        checkpoint.produce([result(batch[0])])
     checkpoint.abort()
-    assert consumer.seeks == [{("in", 0): 8}]
 
     producer.delivery_errors.clear()
-    checkpoint.add(batch, [result(batch[0])])  # the redo
-    assert checkpoint.commit()
+    checkpoint.produce([result(batch[0])])  # the redo
+    checkpoint.commit({("in", 0): 9})
     topic, letter, _ = producer.produced[-1]
     assert topic == "dlq" and letter["error"]["type"] == "OutputError"
-    assert checkpoint.refused == {}  # forgotten once committed
-
-
-def test_a_lost_partition_is_not_rewound(parts):
-    _, consumer, checkpoint = parts
-    batch = records(0, [1]) + records(1, [2])
-    checkpoint.add(batch, [result(r) for r in batch])
-    checkpoint.abort(keep_positions_of={("in", 0)})
-    assert consumer.seeks == [{("in", 1): 2}]
+    assert checkpoint.refused == {}  # used once

@@ -49,7 +49,9 @@ SAMPLES = {
     "retry_initial_backoff_ms": ("50", 50),
     "retry_max_backoff_ms": ("500", 500),
     "resume_check_interval_ms": ("500", 500),
-    "commit_interval_ms": ("100", 100),
+    "commit_interval_ms": ("250", 250),
+    "window_records": ("64", 64),
+    "window_bytes": ("1048576", 1048576),
     "max_poll_interval_ms": ("600000", 600000),
     "transaction_timeout_ms": ("30000", 30000),
     "startup_timeout_ms": ("0", 0),
@@ -85,7 +87,7 @@ def test_defaults():
     assert settings.model_version is None and settings.version_label is None and settings.transactional_id is None
     assert settings.kafka_config == {} and settings.grpc_tls is False and settings.grpc_ca_cert is None
     assert settings.max_batch_size == 32 and settings.input_scale == pytest.approx(1 / 255)
-    assert settings.max_poll_interval_ms == 300000 and settings.commit_interval_ms == 0
+    assert settings.max_poll_interval_ms == 300000 and settings.commit_interval_ms == 100
     assert settings.log_level == "INFO" and settings.metrics_interval_ms == 10000
 
 
@@ -230,11 +232,13 @@ def test_retry_initial_backoff_must_not_exceed_max():
     assert "--retry-max-backoff-ms" in message
 
 
-def test_max_poll_interval_must_exceed_the_slowest_batch():
-    message = error_of(["--max-poll-interval-ms", "55000"])
+def test_max_poll_interval_must_exceed_the_longest_wait_between_polls():
+    # Slow fetches and Predict calls no longer count: the loop polls while they run.
+    message = error_of(["--max-poll-interval-ms", "30000"])
     assert message.startswith("--max-poll-interval-ms (TFS_BRIDGE_MAX_POLL_INTERVAL_MS) must exceed")
-    assert "(55000)" in message and "without a poll" in message
-    assert parse_settings(["--max-poll-interval-ms", "55001"], {}).max_poll_interval_ms == 55001
+    assert "(30000)" in message and "between polls" in message
+    settings = ["--max-poll-interval-ms", "30001", "--fetch-deadline-ms", "600000", "--retry-budget-ms", "600000"]
+    assert parse_settings(settings, {}).max_poll_interval_ms == 30001
 
 
 def test_commit_interval_must_be_shorter_than_the_transaction_timeout():
