@@ -67,7 +67,7 @@ class StopSignal:
         if self.event.is_set():  # a second signal: leave now; the open transaction is aborted by the broker
             logging.shutdown()
             os._exit(130)
-        log.info("received %s: finishing the current batch and stopping", signal.Signals(signum).name)
+        log.info("received %s: finishing the Predict calls in flight and stopping", signal.Signals(signum).name)
         self.event.set()
         watchdog = threading.Timer(self.timeout, self._force_exit)
         watchdog.daemon = True

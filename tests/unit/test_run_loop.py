@@ -1,0 +1,240 @@
+"""The run loop's bookkeeping with a fake consumer, producer and pipeline (no Kafka, no model server)."""
+
+import json
+import queue
+
+from bridge.config import Settings
+from bridge.errors import ModelUnusable, TransactionAborted
+from bridge.loop.pipeline import Completion, Failure
+from bridge.loop.run import BridgeLoop, StopSignal
+from bridge.records import DeadLetter, OutputMessage, Record
+
+
+class FakeMessage:
+    def __init__(self, partition, offset, value=b"http://h/x.png"):
+        self._partition, self._offset, self._value = partition, offset, value
+
+    def topic(self):
+        return "in"
+
+    def partition(self):
+        return self._partition
+
+    def offset(self):
+        return self._offset
+
+    def key(self):
+        return None
+
+    def value(self):
+        return self._value
+
+
+class FakeConsumer:
+    def __init__(self, callbacks):
+        self.callbacks = callbacks
+        self.waiting = []  # messages the next poll returns
+        self.seeks = []
+        self.paused = False
+        self.pauses = 0
+
+    def poll_batch(self, max_records, timeout):
+        batch, self.waiting = self.waiting[:max_records], self.waiting[max_records:]
+        return batch
+
+    def partition_count(self, topic):
+        return 3
+
+    def assignment(self):
+        return ["in-0", "in-1", "in-2"]
+
+    def pause(self, partitions):
+        self.paused = True
+        self.pauses += 1
+
+    def resume(self, partitions):
+        self.paused = False
+
+    def seek(self, offsets):
+        self.seeks.append(dict(offsets))
+
+    def group_metadata(self):
+        return "metadata"
+
+
+class FakeProducer:
+    transactional_id = "tx"
+
+    def __init__(self):
+        self.in_transaction = False
+        self.open = []  # (partition, offset) produced in the open transaction
+        self.committed = []  # [(outputs, positions)] per committed transaction
+        self.aborts = 0
+        self.commit_error = None
+
+    def begin(self):
+        self.in_transaction = True
+
+    def produce(self, topic, value, key=None, headers=None, partition=None, on_delivery=None):
+        source = json.loads(value)["source"]
+        self.open.append((source["partition"], source["offset"]))
+
+    def serve_deliveries(self):
+        pass
+
+    def send_offsets(self, offsets, metadata):
+        self._positions = {(tp.topic, tp.partition): tp.offset for tp in offsets}
+
+    def commit(self):
+        if self.commit_error is not None:
+            error, self.commit_error = self.commit_error, None
+            raise error
+        self.committed.append((self.open, self._positions))
+        self.open, self.in_transaction = [], False
+
+    def abort(self):
+        self.open, self.in_transaction = [], False
+        self.aborts += 1
+
+
+class FakePredictor:
+    def __init__(self):
+        self.healthy = True
+
+    def check_health(self):
+        if not self.healthy:
+            raise ModelUnusable("still down")
+
+
+class FakePipeline:
+    def __init__(self):
+        self.completions = queue.SimpleQueue()
+        self.submitted = {}  # (partition, offset) -> tag
+        self.predictor = FakePredictor()
+
+    def submit(self, record, tag=None):
+        self.submitted[(record.partition, record.offset)] = (record, tag)
+
+    def finish(self, partition, offset):
+        record, tag = self.submitted[(partition, offset)]
+        self.completions.put(Completion(record, tag, DeadLetter(record, "fetch", "FetchError", "scripted")))
+
+    def encode(self, outcome):
+        body = {"source": outcome.record.source()}
+        return OutputMessage(outcome.record, False, json.dumps(body).encode(), [])
+
+    def stop_accepting(self):
+        pass
+
+    def predicting(self):
+        return 0
+
+
+def loop(**settings):
+    pipeline, producer = FakePipeline(), FakeProducer()
+    consumers = []
+
+    def factory(**callbacks):
+        consumers.append(FakeConsumer(callbacks))
+        return consumers[0]
+
+    values = {"commit_interval_ms": 0, "resume_check_interval_ms": 1, "metrics_interval_ms": 0, **settings}
+    bridge = BridgeLoop(Settings(**values), factory, producer, pipeline, StopSignal())
+    return bridge, consumers[0], producer, pipeline
+
+
+def poll(bridge, consumer, *coordinates):
+    consumer.waiting += [FakeMessage(p, o) for p, o in coordinates]
+    bridge._turn()
+
+
+def test_outcomes_finishing_out_of_order_are_produced_in_offset_order_and_committed_with_the_frontier():
+    bridge, consumer, producer, pipeline = loop()
+    poll(bridge, consumer, (0, 0), (0, 1), (1, 0), (1, 1))
+    pipeline.finish(1, 1)
+    pipeline.finish(0, 1)
+    bridge._turn()
+    assert producer.committed == []  # neither partition's first record is done
+    pipeline.finish(1, 0)
+    bridge._turn()
+    assert producer.committed == [([(1, 0), (1, 1)], {("in", 1): 2})]
+    pipeline.finish(0, 0)
+    bridge._turn()
+    assert producer.committed[-1] == ([(0, 0), (0, 1)], {("in", 0): 2})
+
+
+def test_records_in_flight_are_not_in_the_transaction():
+    bridge, consumer, producer, pipeline = loop()
+    poll(bridge, consumer, (2, 5), (2, 6), (2, 7))
+    pipeline.finish(2, 5)
+    bridge._turn()
+    assert producer.committed == [([(2, 5)], {("in", 2): 6})]
+
+
+def test_a_revoke_commits_the_finished_prefix_and_drops_the_work_in_flight():
+    bridge, consumer, producer, pipeline = loop(commit_interval_ms=50_000)  # no timer commit in this test
+    poll(bridge, consumer, (0, 0), (0, 1), (0, 2))
+    pipeline.finish(0, 0)
+    pipeline.finish(0, 2)
+    bridge._turn()
+    consumer.callbacks["on_revoke"]([_Partition("in", 0)])
+    assert producer.committed == [([(0, 0)], {("in", 0): 1})]  # 0@1 is in flight: the next owner redoes 1 and 2
+    pipeline.finish(0, 1)  # finishes after the revoke: stale
+    bridge._turn()
+    assert producer.committed == [([(0, 0)], {("in", 0): 1})] and producer.open == []
+
+
+def test_an_aborted_commit_rewinds_every_partition_to_its_last_committed_position():
+    bridge, consumer, producer, pipeline = loop()
+    poll(bridge, consumer, (0, 10), (1, 20))
+    pipeline.finish(0, 10)
+    bridge._turn()  # committed: partition 0 up to 11
+    poll(bridge, consumer, (0, 11))
+    producer.commit_error = TransactionAborted("commit_transaction: abortable")
+    pipeline.finish(0, 11)
+    pipeline.finish(1, 20)
+    bridge._turn()
+    assert producer.aborts == 1
+    assert consumer.seeks[-1] == {("in", 0): 11, ("in", 1): 20}
+    assert bridge.window.records == 0
+    poll(bridge, consumer, (0, 11), (1, 20))  # read again after the seek, redone
+    pipeline.finish(0, 11)
+    pipeline.finish(1, 20)
+    bridge._turn()
+    assert producer.committed[-1] == ([(0, 11), (1, 20)], {("in", 0): 12, ("in", 1): 21})
+
+
+def test_a_full_window_pauses_input_and_a_drained_one_resumes_it():
+    bridge, consumer, producer, pipeline = loop(window_records=3)
+    poll(bridge, consumer, (0, 0), (0, 1), (0, 2))
+    assert consumer.paused
+    pipeline.finish(0, 0)
+    bridge._turn()
+    assert not consumer.paused
+    assert producer.committed[-1] == ([(0, 0)], {("in", 0): 1})
+
+
+def test_a_model_failing_as_a_whole_keeps_what_is_done_rewinds_the_rest_and_pauses_until_healthy():
+    bridge, consumer, producer, pipeline = loop(commit_interval_ms=50_000)
+    poll(bridge, consumer, (0, 0), (0, 1), (0, 2))
+    pipeline.finish(0, 0)
+    pipeline.predictor.healthy = False
+    record = Record("in", 0, 1, None, b"x")
+    pipeline.completions.put(Failure(ModelUnusable("UNAUTHENTICATED"), [record]))
+    bridge._turn()
+    assert producer.committed == [([(0, 0)], {("in", 0): 1})]  # nothing dead-lettered, the done part kept
+    assert consumer.seeks[-1] == {("in", 0): 1} and consumer.paused
+    import time
+
+    time.sleep(0.01)
+    bridge._turn()
+    assert consumer.paused  # the health check failed
+    pipeline.predictor.healthy = True
+    time.sleep(0.01)
+    bridge._turn()
+    assert not consumer.paused
+
+
+class _Partition:
+    def __init__(self, topic, partition):
+        self.topic, self.partition = topic, partition
