@@ -118,7 +118,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         white = Image.new("RGB", rgba.size, (255, 255, 255))
         white.paste(rgba, mask=rgba)
         return white
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")  # convert() would copy an RGB image
 
 
 def _check_pixels(image: Image.Image, max_pixels: int) -> None:
