@@ -1,8 +1,9 @@
 """Throughput of the bridge on the local stack (real Kafka, model server, HTTP), for several settings in one run.
 
 For each variant: fresh topics, a running bridge, then N digit URLs produced at once; the clock runs from the
-first produce to the moment a read_committed reader has seen all N outputs. Reported as records/s and as a ratio
-to the first variant, since absolute numbers depend on the machine.
+first produce to the moment a read_committed reader has seen all N outputs. Last, the ceiling: the same fetch,
+preprocess and Predict of N URLs with no Kafka at all. Reported as records/s and as a ratio to the first
+variant, since absolute numbers depend on the machine.
 
     .venv/bin/python -m scripts.benchmark [--records 2000] [--compare REV]
 
@@ -62,6 +63,87 @@ def run_variant(stack, name: str, flags: list[str], records: int, root: Path = R
     return rate
 
 
+def local_pipeline(stack):
+    """The bridge's transform with its default settings, on this stack, in this process."""
+    import threading
+
+    from bridge.config import Settings
+    from bridge.loop.run import build_pipeline
+    from bridge.model.client import ModelServerClient
+
+    settings = Settings(model_server=stack.model_address, fetch_allow=("127.0.0.1",))
+    client = ModelServerClient(settings.model_server, settings.model_target())
+    return build_pipeline(settings, client, client.signature(), threading.Event()), client
+
+
+def run_one_at_a_time(stack, records: int) -> float:
+    """The original demo's pattern, exactly once: poll one record, fetch, Predict one image, produce, commit
+    (confluent-kafka's transactional loop, with the bridge's transform for the one record)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from bridge.records import Record
+
+    suffix = uuid.uuid4().hex[:6]
+    source, sink = f"one-in-{suffix}", f"one-out-{suffix}"
+    stack.kafka.create_topics({source: PARTITIONS, sink: PARTITIONS})
+    urls = list(stack.digits.labels)
+    filler = Producer({"bootstrap.servers": stack.kafka.bootstrap_servers})
+    for n in range(records):
+        filler.produce(source, urls[n % len(urls)].encode(), partition=n % PARTITIONS)
+    filler.flush(30)
+    producer = Producer({"bootstrap.servers": stack.kafka.bootstrap_servers, "transactional.id": f"one-{suffix}"})
+    producer.init_transactions(30)
+    consumer = Consumer({"bootstrap.servers": stack.kafka.bootstrap_servers, "group.id": f"one-{suffix}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "isolation.level": "read_committed"})
+    consumer.subscribe([source])
+    pipeline, client = local_pipeline(stack)
+    done, started = 0, time.monotonic()
+    try:
+        while done < records:
+            message = consumer.poll(1.0)
+            if message is None or message.error():
+                continue
+            [outcome] = pipeline.process([Record.from_message(message)])
+            producer.begin_transaction()
+            producer.produce(sink, outcome.value, partition=message.partition())
+            producer.send_offsets_to_transaction(
+                [TopicPartition(source, message.partition(), message.offset() + 1)],
+                consumer.consumer_group_metadata(), 30)
+            producer.commit_transaction(30)
+            done += 1
+        finished = time.monotonic()
+    finally:
+        consumer.close()
+        pipeline.close()
+        client.close()
+    rate = records / (finished - started)
+    print(f"  {'one record at a time (the demo pattern)':<42} {rate:8.1f} records/s", flush=True)
+    return rate
+
+
+def run_ceiling(stack, records: int) -> float:
+    """The transform alone, no Kafka: the same fetch, preprocess and Predict, batched and concurrent, with the
+    bridge's default settings (the ceiling the bridge is held to)."""
+    from bridge.records import Record
+
+    pipeline, client = local_pipeline(stack)
+    urls = list(stack.digits.labels)
+    inputs = [Record("bench", n % PARTITIONS, n, None, urls[n % len(urls)].encode()) for n in range(records)]
+    try:
+        started = time.monotonic()
+        outcomes = pipeline.process(inputs)
+        finished = time.monotonic()
+    finally:
+        pipeline.close()
+        client.close()
+    if sum(message.is_result for message in outcomes) < records:
+        raise SystemExit("ceiling: some images were not classified")
+    rate = records / (finished - started)
+    print(f"  {'ceiling: the transform alone, no Kafka':<42} {rate:8.1f} records/s", flush=True)
+    return rate
+
+
 def has_address_policy(root: Path) -> bool:
     """Whether the bridge in this checkout refuses loopback unless allowed (and so needs --fetch-allow)."""
     return "fetch_allow" in (root / "bridge" / "config.py").read_text()
@@ -94,6 +176,8 @@ def main() -> int:
                      "defaults, again": run_variant(stack, "defaults, again", [], args.records)}
         else:
             rates = {name: run_variant(stack, name, flags, args.records) for name, flags in VARIANTS.items()}
+            rates["one record at a time (the demo pattern)"] = run_one_at_a_time(stack, min(args.records, 500))
+            rates["ceiling: the transform alone, no Kafka"] = run_ceiling(stack, args.records)
     baseline = next(iter(rates.values()))
     print("\nvariant                                     records/s   ratio to defaults")
     for name, rate in rates.items():

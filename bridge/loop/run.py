@@ -299,6 +299,24 @@ def _describe(partitions: list[TopicPartition]) -> str:
     return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "nothing"
 
 
+def build_pipeline(settings: Settings, client: ModelServerClient, signature: ImageSignature,
+                   interrupt: threading.Event) -> Pipeline:
+    """The transform as the settings describe it: fetcher, preprocessor, predictor and their stages."""
+    preprocessor = Preprocessor(signature, ScaleSpec(settings.input_scale, settings.input_offset),
+                                max_pixels=settings.max_image_pixels, max_decodes=settings.max_decodes)
+    fetcher = ImageFetcher(FetchLimits(
+        connect_timeout=settings.seconds("fetch_connect_timeout_ms"),
+        read_timeout=settings.seconds("fetch_read_timeout_ms"),
+        deadline=settings.seconds("fetch_deadline_ms"), max_bytes=settings.fetch_max_bytes,
+        max_redirects=settings.fetch_max_redirects), settings.address_policy(), pool_size=settings.fetch_concurrency)
+    predictor = Predictor(client, signature, preprocessor.prepare(probe_png()), top_k=settings.top_k, retry=RetryPolicy(
+        budget=settings.seconds("retry_budget_ms"), initial_backoff=settings.seconds("retry_initial_backoff_ms"),
+        max_backoff=settings.seconds("retry_max_backoff_ms")), interrupt=interrupt)
+    return Pipeline(fetcher, preprocessor, predictor, BatchingPolicy(
+        settings.max_batch_size, settings.seconds("batch_linger_ms"), settings.max_in_flight),
+        fetch_concurrency=settings.fetch_concurrency, max_message_bytes=settings.max_message_bytes())
+
+
 def run_bridge(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code. Raises ConfigError / BridgeError for the CLI."""
     stop = StopSignal(settings.seconds("shutdown_timeout_ms"))
@@ -309,19 +327,7 @@ def run_bridge(settings: Settings) -> int:
         client.close()
         return 0
     log.info("model ready: %s", signature.describe())
-    preprocessor = Preprocessor(signature, ScaleSpec(settings.input_scale, settings.input_offset),
-                                max_pixels=settings.max_image_pixels, max_decodes=settings.max_decodes)
-    fetcher = ImageFetcher(FetchLimits(
-        connect_timeout=settings.seconds("fetch_connect_timeout_ms"),
-        read_timeout=settings.seconds("fetch_read_timeout_ms"),
-        deadline=settings.seconds("fetch_deadline_ms"), max_bytes=settings.fetch_max_bytes,
-        max_redirects=settings.fetch_max_redirects), settings.address_policy(), pool_size=settings.fetch_concurrency)
-    predictor = Predictor(client, signature, preprocessor.prepare(probe_png()), top_k=settings.top_k, retry=RetryPolicy(
-        budget=settings.seconds("retry_budget_ms"), initial_backoff=settings.seconds("retry_initial_backoff_ms"),
-        max_backoff=settings.seconds("retry_max_backoff_ms")), interrupt=stop.event)
-    pipeline = Pipeline(fetcher, preprocessor, predictor, BatchingPolicy(
-        settings.max_batch_size, settings.seconds("batch_linger_ms"), settings.max_in_flight),
-        fetch_concurrency=settings.fetch_concurrency, max_message_bytes=settings.max_message_bytes())
+    pipeline = build_pipeline(settings, client, signature, stop.event)
     kafka_timeout = settings.seconds("kafka_timeout_ms")
     producer = TransactionalProducer(settings.producer_config(), settings.derived_transactional_id(), kafka_timeout)
 
