@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -38,17 +41,37 @@ VARIANTS: dict[str, list[str]] = {
 PARTITIONS = 3
 
 
-def run_variant(stack, name: str, flags: list[str], records: int, root: Path = ROOT) -> float:
+@contextlib.contextmanager
+def bridge_on_fresh_topics(stack, flags: list[str], root: Path = ROOT) -> Iterator[tuple[dict[str, str], object]]:
+    """A running bridge on new input, output and dead-letter topics: (topics, BridgeProcess)."""
     suffix = uuid.uuid4().hex[:6]
     topics = {"input": f"bench-in-{suffix}", "output": f"bench-out-{suffix}", "dead": f"bench-dead-{suffix}"}
     stack.kafka.create_topics({topic: PARTITIONS for topic in topics.values()})
-    urls = list(stack.digits.labels)
-    log_name = f"bench-{suffix}.log"
     with stack.bridge("--input-topic", topics["input"], "--output-topic", topics["output"],
                       "--dead-letter-topic", topics["dead"], "--group-id", f"bench-{suffix}",
-                      "--metrics-interval-ms", "0", *flags, log_name=log_name, root=root,
+                      "--metrics-interval-ms", "0", *flags, log_name=f"bench-{suffix}.log", root=root,
                       allow_local_images=has_address_policy(root)) as bridge:
         bridge.wait_for_log("assigned")
+        yield topics, bridge
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_variant(stack, name: str, flags: list[str], records: int, root: Path = ROOT) -> float:
+    urls = list(stack.digits.labels)
+    with bridge_on_fresh_topics(stack, flags, root) as (topics, bridge):
+        cpu_before = cpu_seconds(bridge.process.pid)
         producer = Producer({"bootstrap.servers": stack.kafka.bootstrap_servers, "linger.ms": 5})
         started = time.monotonic()
         for n in range(records):
@@ -56,11 +79,51 @@ def run_variant(stack, name: str, flags: list[str], records: int, root: Path = R
         producer.flush(30)
         outputs = read_topic(stack.kafka.bootstrap_servers, topics["output"], expect=records, timeout=600)
         finished = time.monotonic()
+        cpu_ms = (cpu_seconds(bridge.process.pid) - cpu_before) * 1000 / records
+        rss = peak_rss_mib(bridge.process.pid)
         if len(outputs) < records:
             raise SystemExit(f"{name}: only {len(outputs)}/{records} outputs after 600s")
     rate = records / (finished - started)
-    print(f"  {name:<42} {rate:8.1f} records/s", flush=True)
+    print(f"  {name:<42} {rate:8.1f} records/s   {cpu_ms:5.2f} CPU ms/record   peak RSS {rss:5.0f} MiB",
+          flush=True)
     return rate
+
+
+def run_latency(stack, rate: float, seconds: float = 10.0) -> list[float]:
+    """End-to-end latencies (ms, sorted) at `rate` records/s: from producing the input to a read_committed
+    reader (polling with a 10 ms fetch wait) seeing its result."""
+    from confluent_kafka import Consumer
+
+    urls = list(stack.digits.labels)
+    total = int(rate * seconds)
+    with bridge_on_fresh_topics(stack, []) as (topics, _bridge):
+        reader = Consumer({"bootstrap.servers": stack.kafka.bootstrap_servers, "group.id": f"lat-{uuid.uuid4()}",
+                           "auto.offset.reset": "earliest", "isolation.level": "read_committed",
+                           "fetch.wait.max.ms": 10, "enable.auto.commit": False})
+        reader.subscribe([topics["output"]])
+        latencies: list[float] = []
+
+        def read() -> None:
+            deadline = time.monotonic() + seconds + 60
+            while len(latencies) < total and time.monotonic() < deadline:
+                message = reader.poll(0.05)
+                if message is not None and not message.error():
+                    sent = float(json.loads(message.value())["id"])
+                    latencies.append((time.monotonic() - sent) * 1000)
+
+        reading = threading.Thread(target=read)
+        reading.start()
+        producer = Producer({"bootstrap.servers": stack.kafka.bootstrap_servers, "linger.ms": 0})
+        began = time.monotonic()
+        for n in range(total):
+            time.sleep(max(0.0, began + n / rate - time.monotonic()))
+            producer.produce(topics["input"], json.dumps({"url": urls[n % len(urls)], "id": repr(time.monotonic())}),
+                             partition=n % PARTITIONS)
+            producer.poll(0)
+        producer.flush(30)
+        reading.join()
+        reader.close()
+    return sorted(latencies)
 
 
 def local_pipeline(stack):
@@ -178,6 +241,12 @@ def main() -> int:
             rates = {name: run_variant(stack, name, flags, args.records) for name, flags in VARIANTS.items()}
             rates["one record at a time (the demo pattern)"] = run_one_at_a_time(stack, min(args.records, 500))
             rates["ceiling: the transform alone, no Kafka"] = run_ceiling(stack, args.records)
+            half = next(iter(rates.values())) / 2
+            latencies = run_latency(stack, half)
+            if latencies:
+                p50, p99 = latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99) - 1]
+                print(f"\nend-to-end latency at {half:.0f} records/s (half the defaults' rate), {len(latencies)} "
+                      f"records: p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {latencies[-1]:.0f} ms")
     baseline = next(iter(rates.values()))
     print("\nvariant                                     records/s   ratio to defaults")
     for name, rate in rates.items():
