@@ -80,7 +80,9 @@ class Fault:
             ended = threading.Event()
             if context.add_callback(ended.set):
                 remaining = context.time_remaining()  # huge without a deadline
-                ended.wait(MAX_HANG_SECONDS if remaining is None else min(remaining, MAX_HANG_SECONDS))
+                # Past the deadline, gRPC ends the call (and runs the callback): wait for that, so the client
+                # always sees DEADLINE_EXCEEDED rather than an answer that races it.
+                ended.wait(MAX_HANG_SECONDS if remaining is None else min(remaining + 5.0, MAX_HANG_SECONDS))
         context.abort(self.code, INJECTED_FAULT_MESSAGE)
         raise AssertionError("unreachable")
 
