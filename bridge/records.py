@@ -24,6 +24,7 @@ MAX_HEADER_MESSAGE = 500
 # A dead letter must always fit in a Kafka record (message.max.bytes is 1 MB by default): an oversized input value
 # is cut, and the dead letter says so, rather than blocking its partition.
 MAX_DEAD_LETTER_VALUE = 64 * 1024
+SHORT_DEAD_LETTER_VALUE = 1024
 MAX_ID_CHARS = 1024
 # librdkafka's default message.max.bytes; the producer refuses anything larger before sending it.
 DEFAULT_MAX_MESSAGE_BYTES = 1_000_000
@@ -197,9 +198,12 @@ def encode(outcome: Outcome, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Outp
 def encode_dead_letter(letter: DeadLetter, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> OutputMessage:
     """The dead letter as a Kafka record, its original value cut further when even the usual cut is too large."""
     message = OutputMessage(letter.record, False, letter.value(), letter.headers())
-    if message.size() > max_bytes:
-        message = OutputMessage(letter.record, False, letter.value(keep_bytes=1024), letter.headers())
-    return message
+    return message if message.size() <= max_bytes else encode_short_dead_letter(letter)
+
+
+def encode_short_dead_letter(letter: DeadLetter) -> OutputMessage:
+    """The dead letter in its smallest form: the original value cut to 1 KiB."""
+    return OutputMessage(letter.record, False, letter.value(keep_bytes=SHORT_DEAD_LETTER_VALUE), letter.headers())
 
 
 def original_value(value: bytes | None) -> str | dict[str, str] | None:

@@ -121,7 +121,7 @@ class ImageFetcher:
         target = url
         for _hop in range(self._limits.max_redirects + 1):
             host, port = _host_and_port(target)
-            scope.host, scope.address = host, str(self._checked_address(host, port, scope))
+            scope.host, scope.address = host, str(self._checked_address(host, port, url, scope))
             try:
                 response = self._session.get(target, stream=True, allow_redirects=False, headers=_HEADERS,
                                              timeout=self._timeouts(scope))
@@ -139,7 +139,7 @@ class ImageFetcher:
                 raise _error(f"redirected to an invalid URL from {redact_url(target)}") from None
         raise _error(f"too many redirects (more than {self._limits.max_redirects}) from {redact_url(url)}")
 
-    def _checked_address(self, host: str, port: int, scope: FetchScope) -> IPAddress:
+    def _checked_address(self, host: str, port: int, url: str, scope: FetchScope) -> IPAddress:
         """The address to connect to for host: every address it resolves to must be allowed by the policy."""
         literal = parse_host_address(host)
         if literal is not None:
@@ -149,7 +149,7 @@ class ImageFetcher:
             try:
                 addresses = future.result(timeout=max(0.0, scope.deadline - time.monotonic()))
             except concurrent.futures.TimeoutError:
-                raise self._deadline_error(f"http://{host}/") from None
+                raise self._deadline_error(url) from None
             except (OSError, ValueError):
                 raise _error(f"cannot resolve host {host}") from None
         if not addresses:

@@ -23,7 +23,7 @@ from confluent_kafka import KafkaError, Message, TopicPartition
 
 from bridge.errors import OutputError, TransactionAborted
 from bridge.kafka.clients import DeliveryCallback, PartitionKey, ReadCommittedConsumer, TransactionalProducer
-from bridge.records import DeadLetter, OutputMessage, Record, encode_dead_letter
+from bridge.records import DeadLetter, OutputMessage, Record, encode_short_dead_letter
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,7 @@ class Checkpoint:
                               on_delivery=self._delivery_report(record))
 
     def _refused_letter(self, record: Record, reason: str) -> OutputMessage:
-        letter = DeadLetter.from_error(record, OutputError(reason))
-        return encode_dead_letter(letter, max_bytes=0)  # the smallest form: the value cut to 1 KiB
+        return encode_short_dead_letter(DeadLetter.from_error(record, OutputError(reason)))
 
     def _delivery_report(self, record: Record) -> DeliveryCallback:
         def report(error: KafkaError | None, message: Message) -> None:

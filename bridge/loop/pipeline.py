@@ -6,7 +6,7 @@
 
 Batches form across submit() calls, so the caller can keep polling while images are fetched and predicted.
 Every outcome arrives on the completions queue as a Completion (encoded by encode(), on the caller's thread);
-a model server failing as a whole arrives as a Failure naming the records it leaves unfinished. Every per-record
+a model server failing as a whole arrives as a Failure (the records of that batch never complete). Every per-record
 stage runs inside the failure boundary (bridge.loop.isolation), so whatever goes wrong with one record becomes
 its dead letter. Pure with respect to Kafka: it never touches a consumer or producer.
 """
@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from bridge.errors import SystemFailure, UnexpectedRecordError
@@ -51,10 +51,9 @@ class Completion:
 
 @dataclass(frozen=True)
 class Failure:
-    """The model server failed as a whole while these records were being predicted."""
+    """The model server failed as a whole; the records of the batch it was predicting never complete."""
 
     error: SystemFailure
-    records: list[Record]
 
 
 @dataclass
@@ -64,12 +63,6 @@ class _Item:
     request: ImageRequest
     started: float
     image: PreparedImage | None = None
-
-
-@dataclass
-class _Batcher:
-    ready: list[_Item] = field(default_factory=list)
-    first_ready_at: float = 0.0
 
 
 class Pipeline:
@@ -164,11 +157,12 @@ class Pipeline:
             self._images.put(_WAKE)  # the batcher may dispatch now that no fetch is pending
 
     def _batch_forever(self) -> None:
-        batch = _Batcher()
+        ready: list[_Item] = []
+        first_ready_at = 0.0
         while True:
             timeout = None
-            if batch.ready:
-                timeout = max(0.0, batch.first_ready_at + self.batching.linger - self.clock())
+            if ready:
+                timeout = max(0.0, first_ready_at + self.batching.linger - self.clock())
             try:
                 item = self._images.get(timeout=timeout)
             except queue.Empty:
@@ -178,19 +172,19 @@ class Pipeline:
             if item is not _WAKE:
                 if not self._accepting:
                     continue
-                if not batch.ready:
-                    batch.first_ready_at = self.clock()
-                batch.ready.append(item)
-            if not batch.ready:
+                if not ready:
+                    first_ready_at = self.clock()
+                ready.append(item)
+            if not ready:
                 continue
             with self._lock:
                 idle = self._loading == 0
-            full = len(batch.ready) >= self.batching.max_batch_size
-            lingered = self.clock() >= batch.first_ready_at + self.batching.linger
+            full = len(ready) >= self.batching.max_batch_size
+            lingered = self.clock() >= first_ready_at + self.batching.linger
             if full or lingered or idle:
-                self._dispatch(batch.ready[:self.batching.max_batch_size])
-                batch.ready = batch.ready[self.batching.max_batch_size:]
-                batch.first_ready_at = self.clock()
+                self._dispatch(ready[:self.batching.max_batch_size])
+                ready = ready[self.batching.max_batch_size:]
+                first_ready_at = self.clock()
 
     def predicting(self) -> int:
         """Predict calls in flight (their outcomes not yet all on the completions queue)."""
@@ -221,7 +215,7 @@ class Pipeline:
         try:
             answers: list = self.predictor.predict([item.image for item in items])  # type: ignore[misc]
         except SystemFailure as exc:
-            self.completions.put(Failure(exc, [item.record for item in items]))
+            self.completions.put(Failure(exc))
             return
         except Exception as exc:  # noqa: BLE001 - the boundary: unforeseen, so each record's own failure
             log.warning("unexpected %s while predicting a batch of %d", type(exc).__name__, len(items))

@@ -184,8 +184,10 @@ class BridgeLoop:
                 return
             if isinstance(done, Failure):
                 self._model_failed(done)
-            elif self.window.finish(done.record, done.tag, self.pipeline.encode(done.outcome)):
-                self.metrics.processed_one(done.outcome)
+                continue
+            message = self.pipeline.encode(done.outcome)  # a result too large for Kafka is a dead letter now
+            if self.window.finish(done.record, done.tag, message):
+                self.metrics.processed(message)
 
     def _produce_ready(self) -> None:
         ready = self.window.ready()

@@ -102,10 +102,6 @@ class InFlightWindow:
         for part in self._partitions.values():
             part.rewind = part.frontier
 
-    def in_flight(self, partitions: Collection[PartitionKey] | None = None) -> int:
-        keys = self._partitions if partitions is None else [k for k in partitions if k in self._partitions]
-        return sum(len(self._partitions[key].slots) for key in keys)
-
     def restart(self) -> dict[PartitionKey, int]:
         """Forget everything not committed; returns the offset to seek each partition back to."""
         rewind = {key: part.rewind for key, part in self._partitions.items()}

@@ -24,7 +24,7 @@ import tenacity
 
 from bridge.errors import (ModelGone, ModelNotFound, ModelRejectedInput, ModelServerError, ModelServerRefused,
                            ModelServerUnavailable, ModelUnusable, PredictionRejected, SignatureError, SystemFailure)
-from bridge.model.client import ModelServerClient
+from bridge.model.client import ModelServerClient, Prediction
 from bridge.records import ClassScore
 from bridge.model.signature import ImageSignature, InputKind
 
@@ -150,7 +150,7 @@ class Predictor:
             for i in range(len(images))
         ]
 
-    def _call(self, batch: np.ndarray | list[bytes], deadline: float):  # -> model_client.Prediction
+    def _call(self, batch: np.ndarray | list[bytes], deadline: float) -> Prediction:
         if self.clock() >= deadline:  # no call starts after the budget: a batch takes at most budget + one call
             raise ModelUnusable("the retry budget is spent")
         retrying = tenacity.Retrying(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
-from bridge.records import Outcome, OutputMessage, Result
+from bridge.records import OutputMessage
 
 log = logging.getLogger(__name__)
 
@@ -21,13 +21,8 @@ class Throughput:
         self._since = clock()
         self._committed_at_last_log = 0
 
-    def processed(self, messages: Sequence[OutputMessage]) -> None:
-        results = sum(message.is_result for message in messages)
-        self.results += results
-        self.dead_letters += len(messages) - results
-
-    def processed_one(self, outcome: Outcome) -> None:
-        if isinstance(outcome, Result):
+    def processed(self, message: OutputMessage) -> None:
+        if message.is_result:
             self.results += 1
         else:
             self.dead_letters += 1

@@ -7,7 +7,7 @@ from bridge.config import Settings
 from bridge.errors import ModelUnusable, TransactionAborted
 from bridge.loop.pipeline import Completion, Failure
 from bridge.loop.run import BridgeLoop, StopSignal
-from bridge.records import DeadLetter, OutputMessage, Record
+from bridge.records import DeadLetter, OutputMessage
 
 
 class FakeMessage:
@@ -219,8 +219,7 @@ def test_a_model_failing_as_a_whole_keeps_what_is_done_rewinds_the_rest_and_paus
     poll(bridge, consumer, (0, 0), (0, 1), (0, 2))
     pipeline.finish(0, 0)
     pipeline.predictor.healthy = False
-    record = Record("in", 0, 1, None, b"x")
-    pipeline.completions.put(Failure(ModelUnusable("UNAUTHENTICATED"), [record]))
+    pipeline.completions.put(Failure(ModelUnusable("UNAUTHENTICATED")))
     bridge._turn()
     assert producer.committed == [([(0, 0)], {("in", 0): 1})]  # nothing dead-lettered, the done part kept
     assert consumer.seeks[-1] == {("in", 0): 1} and consumer.paused
