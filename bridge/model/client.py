@@ -11,6 +11,7 @@ import numpy as np
 from bridge.model import tensors
 from bridge.errors import (ModelNotFound, ModelRejectedInput, ModelServerError, ModelServerRefused,
                            ModelServerUnavailable, SignatureError)
+from bridge.model.predict_request import predict_request_bytes
 from bridge.model.signature import ImageSignature, InputKind
 from bridge.tfs_api import (get_model_metadata_pb2, get_model_status_pb2, model_pb2, model_service_pb2_grpc,
                             predict_pb2, prediction_service_pb2_grpc)
@@ -21,6 +22,7 @@ CHANNEL_OPTIONS = (
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 )
+PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.State.AVAILABLE
 
 _ERRORS: dict[grpc.StatusCode, type[ModelServerError]] = {
@@ -102,6 +104,9 @@ class ModelServerClient:
                        else grpc.insecure_channel(address, options=CHANNEL_OPTIONS))
         self._channel = channel
         self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        # Predict on requests already serialized (predict_request.predict_request_bytes): no serializer.
+        self._predict_bytes = channel.unary_unary(PREDICT_METHOD, request_serializer=None,
+                                                  response_deserializer=predict_pb2.PredictResponse.FromString)
         self._models = model_service_pb2_grpc.ModelServiceStub(channel)
 
     def close(self) -> None:
@@ -157,8 +162,27 @@ class ModelServerClient:
         for name, value in inputs.items():
             proto = tensors.from_array(value) if isinstance(value, np.ndarray) else tensors.from_bytes_list(value)
             request.inputs[name].CopyFrom(proto)
+        return self._answer(self._predictions.Predict, request, timeout)
+
+    def predict_images(self, signature: ImageSignature, images: np.ndarray | Sequence[bytes],
+                       with_labels: bool = True, timeout: float | None = None) -> Prediction:
+        """Predict on a batch shaped for `signature`: an [N, H, W, 3] array, or encoded images for ENCODED.
+
+        with_labels=False asks only for the scores output."""
+        if signature.input_kind is InputKind.ENCODED:
+            if isinstance(images, np.ndarray):
+                raise SignatureError(f"signature {signature.name!r} takes encoded image bytes, not pixels")
+        elif not isinstance(images, np.ndarray):
+            raise SignatureError(f"signature {signature.name!r} takes a pixel array, not encoded bytes")
+        wanted = [signature.scores_output]
+        if with_labels and signature.labels_output:
+            wanted.append(signature.labels_output)
+        request = predict_request_bytes(self.target.spec(), signature.input.name, images, wanted)
+        return self._answer(self._predict_bytes, request, timeout)
+
+    def _answer(self, call: grpc.UnaryUnaryMultiCallable, request: object, timeout: float | None) -> Prediction:
         try:
-            response = self._predictions.Predict(request, timeout=timeout or self.timeout)
+            response = call(request, timeout=timeout or self.timeout)
         except grpc.RpcError as exc:
             raise rpc_error(exc, f"Predict on {self.target.describe()}") from None
         return Prediction(
@@ -167,14 +191,3 @@ class ModelServerClient:
             model_version=response.model_spec.version.value,
             signature_name=response.model_spec.signature_name or self.target.signature_name,
         )
-
-    def predict_images(self, signature: ImageSignature, images: np.ndarray | Sequence[bytes],
-                       timeout: float | None = None) -> Prediction:
-        """Predict on a batch shaped for `signature`: an [N, H, W, 3] array, or encoded images for ENCODED."""
-        if signature.input_kind is InputKind.ENCODED:
-            if isinstance(images, np.ndarray):
-                raise SignatureError(f"signature {signature.name!r} takes encoded image bytes, not pixels")
-        elif not isinstance(images, np.ndarray):
-            raise SignatureError(f"signature {signature.name!r} takes a pixel array, not encoded bytes")
-        wanted = [signature.scores_output] + ([signature.labels_output] if signature.labels_output else [])
-        return self.predict({signature.input.name: images}, output_filter=wanted, timeout=timeout)

@@ -9,6 +9,9 @@
   another image of the same batch was classified, or a probe with a known-good input succeeds. If the probe
   fails too, the failure is the model's, not the images': ModelUnusable (the breaker), and nothing is
   dead-lettered.
+
+The labels output is fetched until it is learnt to be one fixed class list (bridge.model.labels), then only
+now and then.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import tenacity
 from bridge.errors import (ModelGone, ModelNotFound, ModelRejectedInput, ModelServerError, ModelServerRefused,
                            ModelServerUnavailable, ModelUnusable, PredictionRejected, SignatureError, SystemFailure)
 from bridge.model.client import ModelServerClient, Prediction
+from bridge.model.labels import FixedLabels
 from bridge.records import ClassScore
 from bridge.model.signature import ImageSignature, InputKind
 
@@ -85,6 +89,7 @@ class Predictor:
         self.interrupt = interrupt or threading.Event()
         self.sleep = sleep or self.interrupt.wait  # an interruptible time.sleep
         self.clock = clock
+        self.labels = FixedLabels()
 
     def predict(self, images: Sequence[PreparedImage]) -> list[ImageOutcome]:
         """One outcome per image, in order. Raises ModelUnusable when the model server fails as a whole."""
@@ -138,19 +143,36 @@ class Predictor:
             raise ModelUnusable(f"the model fails a known-good input too: {exc}") from exc
 
     def _classify(self, images: list[PreparedImage], deadline: float) -> list[Classified]:
-        prediction = self._call(stack(self.signature, images), deadline)
+        batch = stack(self.signature, images)
+        with_labels = self.signature.labels_output is not None and self.labels.wanted()
+        prediction = self._call(batch, deadline, with_labels)
+        if self.signature.labels_output and not with_labels and self.labels.row(prediction.model_version) is None:
+            with_labels = True  # a version whose labels are not learnt yet (the model was reloaded): ask again
+            prediction = self._call(batch, deadline, with_labels)
         scores = prediction.outputs.get(self.signature.scores_output)
-        labels = prediction.outputs.get(self.signature.labels_output) if self.signature.labels_output else None
         if scores is None or scores.ndim != 2 or scores.shape[0] != len(images):
             raise ModelServerError(f"model answered {None if scores is None else scores.shape} for "
                                    f"{len(images)} images in output {self.signature.scores_output!r}")
+        labels = self._labels(prediction, scores, with_labels)
         return [
             Classified(top_k(scores[i], None if labels is None else labels[i], self.top_k),
                        prediction.model_name, prediction.model_version, prediction.signature_name)
             for i in range(len(images))
         ]
 
-    def _call(self, batch: np.ndarray | list[bytes], deadline: float) -> Prediction:
+    def _labels(self, prediction: Prediction, scores: np.ndarray, fetched: bool) -> Sequence[np.ndarray] | None:
+        """One labels row per image: from the answer, or the version's fixed row when it was not fetched."""
+        if not self.signature.labels_output:
+            return None
+        if not fetched:
+            row = self.labels.row(prediction.model_version)
+            return None if row is None else [row] * len(scores)
+        labels = prediction.outputs.get(self.signature.labels_output)
+        if labels is not None and labels.shape == scores.shape:
+            self.labels.observe(prediction.model_version, labels, scores)
+        return labels
+
+    def _call(self, batch: np.ndarray | list[bytes], deadline: float, with_labels: bool) -> Prediction:
         if self.clock() >= deadline:  # no call starts after the budget: a batch takes at most budget + one call
             raise ModelUnusable("the retry budget is spent")
         retrying = tenacity.Retrying(
@@ -164,7 +186,7 @@ class Predictor:
             reraise=True,
         )
         try:
-            return retrying(self.client.predict_images, self.signature, batch)
+            return retrying(self.client.predict_images, self.signature, batch, with_labels=with_labels)
         except ModelServerUnavailable as exc:
             raise ModelUnusable(f"model server unavailable beyond the retry budget: {exc}") from exc
         except (ModelServerRefused, ModelNotFound) as exc:

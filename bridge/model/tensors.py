@@ -45,16 +45,26 @@ def dtype_name(dtype: int) -> str:
         return str(dtype)
 
 
+def dtype_of(array: np.ndarray) -> int:
+    """The TensorFlow DataType of a numeric numpy array; SignatureError for any other array."""
+    try:
+        return _FROM_NUMPY[array.dtype.newbyteorder("=")]
+    except KeyError:
+        raise SignatureError(f"cannot send numpy dtype {array.dtype} to TF Serving") from None
+
+
+def wire_dtype(dtype: int) -> str:
+    """The numpy dtype of a DataType's values in tensor_content (little-endian)."""
+    return _NUMERIC[dtype][0]
+
+
 def from_array(array: np.ndarray) -> tensor_pb2.TensorProto:
     """A numeric numpy array as a TensorProto carried in tensor_content."""
     array = np.asarray(array)
-    try:
-        dtype = _FROM_NUMPY[array.dtype.newbyteorder("=")]
-    except KeyError:
-        raise SignatureError(f"cannot send numpy dtype {array.dtype} to TF Serving") from None
+    dtype = dtype_of(array)
     proto = tensor_pb2.TensorProto(dtype=dtype)
     proto.tensor_shape.dim.extend(tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in array.shape)
-    proto.tensor_content = np.ascontiguousarray(array, dtype=_NUMERIC[dtype][0]).tobytes()
+    proto.tensor_content = np.ascontiguousarray(array, dtype=wire_dtype(dtype)).tobytes()
     return proto
 
 

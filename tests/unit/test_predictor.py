@@ -28,6 +28,8 @@ class FakeClient:
         self.failures = list(failures)
         self.always = always
         self.calls = []
+        self.label_calls = []  # whether each call asked for labels
+        self.version = 4
         self.target = ModelTarget("digits")
         self.current_signature = signature  # what GetModelMetadata says now
         self.state = state
@@ -38,8 +40,9 @@ class FakeClient:
     def signature(self):
         return self.current_signature
 
-    def predict_images(self, signature, batch):
+    def predict_images(self, signature, batch, with_labels=True):
         self.calls.append(len(batch))
+        self.label_calls.append(with_labels)
         if self.failures:
             raise self.failures.pop(0)
         if self.always is not None:
@@ -48,8 +51,10 @@ class FakeClient:
             raise ModelRejectedInput("Predict: INVALID_ARGUMENT: bad image", grpc.StatusCode.INVALID_ARGUMENT)
         scores = np.zeros((len(batch), 3), dtype=np.float32)
         scores[np.arange(len(batch)), batch[:, 0, 0, 0]] = 1.0
-        return ModelAnswer({"scores": scores, "classes": np.array([LABELS] * len(batch), dtype=object)},
-                           "digits", 4, "serving_default")
+        outputs = {"scores": scores}
+        if with_labels:
+            outputs["classes"] = np.array([LABELS] * len(batch), dtype=object)
+        return ModelAnswer(outputs, "digits", self.version, "serving_default")
 
 
 def image(value):
@@ -173,7 +178,7 @@ def test_bisection_shares_one_retry_budget():
 
 def test_an_answer_without_the_scores_output_is_not_an_image_rejection():
     client = FakeClient()
-    client.predict_images = lambda signature, batch: ModelAnswer({}, "digits", 4, "serving_default")
+    client.predict_images = lambda signature, batch, with_labels: ModelAnswer({}, "digits", 4, "serving_default")
     with pytest.raises(ModelUnusable, match="known-good input"):
         predictor(client).predict([image(1), image(2)])
 
@@ -189,9 +194,9 @@ class FakeClock:
         self.now += seconds
 
     def ticking(self, call, seconds):
-        def timed(*args):
+        def timed(*args, **kwargs):
             self.now += seconds
-            return call(*args)
+            return call(*args, **kwargs)
         return timed
 
 

@@ -116,7 +116,7 @@ class FakeModelClient:
     def __init__(self, internal_errors: int) -> None:
         self.internal_errors = internal_errors
 
-    def predict_images(self, signature, batch):  # noqa: ANN001
+    def predict_images(self, signature, batch, with_labels=True):  # noqa: ANN001
         if self.internal_errors:
             self.internal_errors -= 1
             raise ModelServerError("Predict: INTERNAL: scripted", grpc.StatusCode.INTERNAL)
