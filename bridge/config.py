@@ -197,6 +197,8 @@ class Settings:
     max_image_pixels: int = setting(16_777_216, POSITIVE, "largest image accepted, in pixels (width x height), "
                                     "read from its header before decoding")
     max_decodes: int = setting(2, POSITIVE, "images decoded at once (bounds the memory decoding takes)")
+    decode_processes: int = setting(0, NON_NEGATIVE, "worker processes that decode and resize images "
+                                    "(0: decode in the bridge's own threads)")
     # Retries and backpressure
     retry_budget_ms: int = setting(30000, POSITIVE, "total retry time for a failing model-server call")
     retry_initial_backoff_ms: int = setting(100, POSITIVE, "first retry backoff")

@@ -24,6 +24,7 @@ from typing import Any
 
 from bridge.errors import SystemFailure, UnexpectedRecordError
 from bridge.images.fetch import ImageFetcher
+from bridge.images.decode_pool import DecodePool
 from bridge.images.preprocess import Preprocessor
 from bridge.loop.isolation import isolate
 from bridge.model.predictor import Classified, PreparedImage, Predictor
@@ -66,7 +67,7 @@ class _Item:
 
 
 class Pipeline:
-    def __init__(self, fetcher: ImageFetcher, preprocessor: Preprocessor, predictor: Predictor,
+    def __init__(self, fetcher: ImageFetcher, preprocessor: Preprocessor | DecodePool, predictor: Predictor,
                  batching: BatchingPolicy = BatchingPolicy(), fetch_concurrency: int = 16,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -132,6 +133,8 @@ class Pipeline:
         self._loaders.shutdown(cancel_futures=True)
         self._predictors.shutdown(cancel_futures=True)
         self.fetcher.close()
+        if isinstance(self.preprocessor, DecodePool):
+            self.preprocessor.close()
 
     # --- the stages --------------------------------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ from bridge.loop.pause import PauseState
 from bridge.loop.pipeline import BatchingPolicy, Failure, Pipeline
 from bridge.loop.window import InFlightWindow
 from bridge.model.predictor import Predictor, RetryPolicy
+from bridge.images.decode_pool import DecodePool
 from bridge.images.preprocess import Preprocessor, ScaleSpec, probe_png
 from bridge.records import Record
 from bridge.model.signature import ImageSignature
@@ -304,8 +305,13 @@ def _describe(partitions: list[TopicPartition]) -> str:
 def build_pipeline(settings: Settings, client: ModelServerClient, signature: ImageSignature,
                    interrupt: threading.Event) -> Pipeline:
     """The transform as the settings describe it: fetcher, preprocessor, predictor and their stages."""
-    preprocessor = Preprocessor(signature, ScaleSpec(settings.input_scale, settings.input_offset),
-                                max_pixels=settings.max_image_pixels, max_decodes=settings.max_decodes)
+    scaling = ScaleSpec(settings.input_scale, settings.input_offset)
+    preprocessor = Preprocessor(signature, scaling, max_pixels=settings.max_image_pixels,
+                                max_decodes=settings.max_decodes)
+    decoder: Preprocessor | DecodePool = preprocessor
+    if settings.decode_processes:
+        decoder = DecodePool(signature, scaling, processes=settings.decode_processes,
+                             max_pixels=settings.max_image_pixels)
     fetcher = ImageFetcher(FetchLimits(
         connect_timeout=settings.seconds("fetch_connect_timeout_ms"),
         read_timeout=settings.seconds("fetch_read_timeout_ms"),
@@ -314,7 +320,7 @@ def build_pipeline(settings: Settings, client: ModelServerClient, signature: Ima
     predictor = Predictor(client, signature, preprocessor.prepare(probe_png()), top_k=settings.top_k, retry=RetryPolicy(
         budget=settings.seconds("retry_budget_ms"), initial_backoff=settings.seconds("retry_initial_backoff_ms"),
         max_backoff=settings.seconds("retry_max_backoff_ms")), interrupt=interrupt)
-    return Pipeline(fetcher, preprocessor, predictor, BatchingPolicy(
+    return Pipeline(fetcher, decoder, predictor, BatchingPolicy(
         settings.max_batch_size, settings.seconds("batch_linger_ms"), settings.max_in_flight),
         fetch_concurrency=settings.fetch_concurrency, max_message_bytes=settings.max_message_bytes())
 

@@ -22,6 +22,7 @@ SAMPLES = {
     "fetch_allow": ("127.0.0.1, 10.0.0.0/8,images.internal", ("127.0.0.1", "10.0.0.0/8", "images.internal")),
     "max_image_pixels": ("1000000", 1000000),
     "max_decodes": ("4", 4),
+    "decode_processes": ("2", 2),
     "max_pause_ms": ("0", 0),
     "kafka_timeout_ms": ("5000", 5000),
     "kafka_config": ("security.protocol=SASL_SSL", {"security.protocol": "SASL_SSL"}),
