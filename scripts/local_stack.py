@@ -1,5 +1,6 @@
 """Everything the bridge needs, on this machine without Docker: a real Kafka broker, the TF-Serving-compatible
-model server with the digits model, the three topics, and an HTTP server of sample digit images.
+model server with the digits model (and optionally others), the three topics, and an HTTP server of sample digit
+images (and optionally one of synthetic photos).
 
 Used by the demo (scripts/demo.py) and the benchmark (scripts/benchmark.py). Every process it starts is
 stopped when the `with` block ends.
@@ -12,29 +13,55 @@ import hashlib
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from scripts.bridge_process import BridgeProcess
 from scripts.image_server import ImageServer
 from scripts.kafka_local import DEFAULT_PORT, LocalKafka, cache_dir, free_port, port_open
+from scripts.photos import photo_jpegs
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPICS = {"input": "ImageInputTopic", "output": "ImageOutputTopic", "dead_letters": "ImageDeadLetterTopic"}
 
 
-def exported_models() -> Path:
-    """The digits model in TF Serving's layout, exported once per version of serving/ and cached."""
-    from serving.process import export_models
-
+def serving_digest() -> str:
+    """A short hash of serving/*.py: exports are cached per version of the export code."""
     digest = hashlib.sha256()
     for path in sorted((ROOT / "serving").glob("*.py")):
         digest.update(path.read_bytes())
-    target = cache_dir() / "models" / digest.hexdigest()[:16]
-    if not (target / "digits" / "1" / "saved_model.pb").exists():
+    return digest.hexdigest()[:16]
+
+
+def exported_model(model: str) -> Path:
+    """A model base dir holding only `model` (<dir>/<model>/1/), exported once per version of serving/ and cached."""
+    from serving.process import export_models
+
+    target = cache_dir() / "models" / f"{model}-{serving_digest()}"
+    if not (target / model / "1" / "saved_model.pb").exists():
         staging = target.with_name(f"{target.name}.tmp-{uuid.uuid4().hex[:6]}")
-        export_models(staging, model="digits")
+        export_models(staging, model=model)
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+    return target
+
+
+def exported_models(models: Sequence[str] = ("digits",)) -> Path:
+    """A model base dir holding `models` in TF Serving's layout (<dir>/<model>/1/), each exported and cached
+    on its own by exported_model; for several models, a dir of symlinks into their caches."""
+    names = list(dict.fromkeys(models))
+    if not names:
+        raise ValueError("no models requested")
+    dirs = [exported_model(name) for name in names]
+    if len(dirs) == 1:
+        return dirs[0]
+    target = cache_dir() / "models" / "+".join(sorted(d.name for d in dirs))
+    if not all((target / name).is_dir() for name in names):
+        staging = target.with_name(f"{target.name}.tmp-{uuid.uuid4().hex[:6]}")
+        staging.mkdir(parents=True)
+        for name, model_dir in zip(names, dirs):  # relative links: the cache dir can move
+            (staging / name).symlink_to(Path("..") / model_dir.name / name, target_is_directory=True)
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
     return target
@@ -57,12 +84,20 @@ def serve_digits(count: int) -> DigitSamples:
     return samples
 
 
+def serve_photos(server: ImageServer, count: int, seed: int = 0) -> list[str]:
+    """Add `count` synthetic 640x480 photo JPEGs (scripts/photos.py) to `server` as photos/NNNN.jpg; their URLs."""
+    return [server.add(f"photos/{index:04d}.jpg", body, "image/jpeg")
+            for index, body in enumerate(photo_jpegs(count, seed=seed))]
+
+
 @dataclass
 class LocalStack:
     kafka: LocalKafka
     model_address: str
     digits: DigitSamples
     work_dir: Path
+    photos: list[str] = field(default_factory=list)  # URLs of synthetic photos (local_stack(photos=N))
+    model_pid: int | None = None  # the model server's process (for CPU and memory figures)
 
     @contextlib.contextmanager
     def bridge(self, *flags: str, log_name: str = "bridge.log", root: Path = ROOT,
@@ -82,22 +117,31 @@ class LocalStack:
 
 
 @contextlib.contextmanager
-def local_stack(partitions: int = 3, digits: int = 100, kafka_port: int | None = None) -> Iterator[LocalStack]:
-    """Start broker, model server and image server; create the default topics; stop everything afterwards."""
+def local_stack(partitions: int = 3, digits: int = 100, kafka_port: int | None = None,
+                models: Sequence[str] = ("digits",), photos: int = 0) -> Iterator[LocalStack]:
+    """Start broker, model server (serving `models`) and image servers; create the default topics; stop everything
+    afterwards. photos > 0 also serves that many synthetic photos on a second image server (LocalStack.photos)."""
     from serving.process import ModelServerProcess
 
     work_dir = Path(tempfile.mkdtemp(prefix="tfs-bridge-"))
     port = kafka_port or (DEFAULT_PORT if not port_open(DEFAULT_PORT) else free_port())
     kafka = LocalKafka(work_dir / "kafka", port=port)
-    model_server = ModelServerProcess(exported_models(), free_port())
+    model_server = ModelServerProcess(exported_models(models), free_port())
     samples = None
+    photo_server = None
     try:
         kafka.start()
         model_server.start()
         kafka.create_topics({topic: partitions for topic in TOPICS.values()})
         samples = serve_digits(digits)
-        yield LocalStack(kafka, model_server.address, samples, work_dir)
+        photo_urls: list[str] = []
+        if photos > 0:
+            photo_server = ImageServer().start()
+            photo_urls = serve_photos(photo_server, photos)
+        yield LocalStack(kafka, model_server.address, samples, work_dir, photo_urls, model_server.pid)
     finally:
+        if photo_server is not None:
+            photo_server.stop()
         if samples is not None:
             samples.server.stop()
         model_server.stop()

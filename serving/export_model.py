@@ -1,6 +1,10 @@
 """Train/build an image classifier and export it as a TF Serving SavedModel.
 
-    python -m serving.export_model --output-dir models [--model digits|imagenet] [--version 1] [--epochs N]
+    python -m serving.export_model --output-dir models [--model digits|imagenet|mobilenet] [--version 1] [--epochs N]
+
+Models: digits (a small CNN trained offline on scikit-learn's digits), imagenet (MobileNetV2 with ImageNet
+weights, downloaded), mobilenet (MobileNetV2 with random weights and labels class_0000..class_0999: offline,
+for benchmarks).
 
 Writes DIR/<model>/<version>/ (saved_model.pb + variables/) with three signatures that all
 return the same outputs:
@@ -32,6 +36,8 @@ from serving import digits  # noqa: E402
 
 MIN_DIGITS_ACCURACY = 0.90
 SEED = 0
+MOBILENET_SIZE = 224
+MOBILENET_CLASSES = 1000
 
 
 class ImageClassifierModule(tf.Module):
@@ -139,7 +145,14 @@ def build_digits(epochs: int) -> tuple[ImageClassifierModule, dict[str, float]]:
     return module, metrics
 
 
-# --------------------------------------------------------------------------- imagenet
+# --------------------------------------------------------------------------- MobileNetV2
+
+
+def mobilenet_v2_preprocess(images01: tf.Tensor) -> tf.Tensor:
+    """Float images in [0, 1] -> MobileNetV2's input range [-1, 1]."""
+    from tensorflow.keras.applications import mobilenet_v2
+
+    return mobilenet_v2.preprocess_input(images01 * 255.0)
 
 
 def build_imagenet() -> tuple[ImageClassifierModule, dict[str, float]]:
@@ -150,19 +163,41 @@ def build_imagenet() -> tuple[ImageClassifierModule, dict[str, float]]:
 
     class_index_url = ("https://storage.googleapis.com/download.tensorflow.org/"
                        "data/imagenet_class_index.json")
-    model = mobilenet_v2.MobileNetV2(weights="imagenet", input_shape=(224, 224, 3))
+    model = mobilenet_v2.MobileNetV2(weights="imagenet", input_shape=(MOBILENET_SIZE, MOBILENET_SIZE, 3))
     index_path = tf.keras.utils.get_file("imagenet_class_index.json", class_index_url,
                                          cache_subdir="models")
     with open(index_path, encoding="utf-8") as f:
         class_index = json.load(f)  # {"0": ["n01440764", "tench"], ...}
     labels = [class_index[str(i)][1] for i in range(len(class_index))]
-    if len(labels) != 1000:
-        raise RuntimeError(f"expected 1000 ImageNet classes, got {len(labels)}")
+    if len(labels) != MOBILENET_CLASSES:
+        raise RuntimeError(f"expected {MOBILENET_CLASSES} ImageNet classes, got {len(labels)}")
+    return ImageClassifierModule(model, labels, MOBILENET_SIZE, mobilenet_v2_preprocess), {}
 
-    def preprocess(images01: tf.Tensor) -> tf.Tensor:
-        return mobilenet_v2.preprocess_input(images01 * 255.0)  # -> [-1, 1]
 
-    return ImageClassifierModule(model, labels, 224, preprocess), {}
+def build_mobilenet() -> ImageClassifierModule:
+    """MobileNetV2 with random (seeded) weights: no download, so no meaningful predictions."""
+    from tensorflow.keras.applications import mobilenet_v2
+
+    model = mobilenet_v2.MobileNetV2(weights=None, input_shape=(MOBILENET_SIZE, MOBILENET_SIZE, 3),
+                                     classes=MOBILENET_CLASSES)
+    labels = [f"class_{i:04d}" for i in range(MOBILENET_CLASSES)]
+    return ImageClassifierModule(model, labels, MOBILENET_SIZE, mobilenet_v2_preprocess)
+
+
+def score_problem(module: ImageClassifierModule) -> str | None:
+    """Run serving_default on a black and a random image; describe what is wrong with the scores, or None."""
+    size = module.image_size
+    noise = np.random.default_rng(SEED).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
+    images = np.concatenate([np.zeros_like(noise), noise])
+    scores = module.serve_uint8(tf.constant(images))["scores"].numpy()
+    expected = (len(images), int(module.labels.shape[0]))
+    if scores.shape != expected:
+        return f"scores have shape {scores.shape}, expected {expected}"
+    if not np.all(np.isfinite(scores)):
+        return "scores are not all finite"
+    if not np.allclose(scores.sum(axis=1), 1.0, atol=1e-3):
+        return f"scores do not sum to 1 per image: {scores.sum(axis=1)}"
+    return None
 
 
 # --------------------------------------------------------------------------- export
@@ -184,7 +219,7 @@ def save_servable(module: ImageClassifierModule, output_dir: Path, name: str, ve
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", required=True, type=Path)
-    parser.add_argument("--model", choices=["digits", "imagenet"], default="digits")
+    parser.add_argument("--model", choices=["digits", "imagenet", "mobilenet"], default="digits")
     parser.add_argument("--version", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=15, help="training epochs (digits only)")
     args = parser.parse_args(argv)
@@ -205,6 +240,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if min(metrics.values()) < MIN_DIGITS_ACCURACY:
             print(f"error: held-out accuracy below {MIN_DIGITS_ACCURACY}", file=sys.stderr)
             return 1
+    elif args.model == "mobilenet":
+        module, metrics = build_mobilenet(), {}
+        problem = score_problem(module)
+        if problem:
+            print(f"error: mobilenet {problem}", file=sys.stderr)
+            return 1
+        print("score check: finite softmax scores on a black and a random image", flush=True)
     else:
         try:
             module, metrics = build_imagenet()
