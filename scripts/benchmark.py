@@ -1,22 +1,32 @@
-"""Throughput of the bridge on the local stack (real Kafka, model server, HTTP), for several settings in one run.
+"""Throughput, latency and cost of the bridge on the local stack (real Kafka, model server, HTTP), in one run.
 
-For each variant: fresh topics, a running bridge, then N digit URLs produced at once; the clock runs from the
-first produce to the moment a read_committed reader has seen all N outputs. Last, the ceiling: the same fetch,
-preprocess and Predict of N URLs with no Kafka at all. Reported as records/s and as a ratio to the first
-variant, since absolute numbers depend on the machine.
+Two cases: the digits model on its 1 KB digit images, and MobileNetV2 (224x224, random weights) on 640x480
+photo-like JPEGs. For each:
+- the ceiling: the bridge's fetch, preprocess and Predict with no Kafka, at the best batch size and number of
+  Predict calls in flight it finds;
+- the bridge, exactly once, over a pre-filled topic: its defaults, and with decoding in 2 worker processes;
+- the original demo's pattern: poll one record, fetch, Predict one image, produce, commit;
+- end-to-end latency at half the bridge's rate, from producing a URL to a read_committed reader (fetch wait
+  10 ms) seeing its result, against the target: commit interval + batch linger + two batch inferences + 50 ms;
+- CPU milliseconds per record of the bridge and of the model server, and their peak resident memory.
+Everything is reported as ratios within this run (absolute figures depend on the machine), and last as one
+JSON line for tracking.
 
-    .venv/bin/python -m scripts.benchmark [--records 2000] [--compare REV]
+    .venv/bin/python -m scripts.benchmark [--case digits|mobilenet] [--variants] [--compare REV]
 
---compare REV also runs the defaults with the bridge of commit REV (checked out in a temporary git worktree),
-between two runs of this tree's defaults, so a change is measured against its predecessor on the same stack.
+--variants also runs other settings on digits (no batching, batch 8, encoded bytes, commit every 1 s).
+--compare REV runs only the digits defaults, with the bridge of commit REV (checked out in a temporary git
+worktree) between two runs of this tree's, so a change is measured against its predecessor on one stack.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,41 +34,46 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from scripts.kafka_io import read_topic
 from scripts.local_stack import ROOT, local_stack
 
-VARIANTS: dict[str, list[str]] = {
-    "defaults (batch 32, 2 in flight, uint8)": [],
+PARTITIONS = 3
+COMMIT_INTERVAL_MS, BATCH_LINGER_MS, MAX_BATCH = 100, 20, 32  # the bridge's defaults (bridge/config.py)
+
+
+@dataclass(frozen=True)
+class Case:
+    model: str
+    images: str  # "digits" or "photos"
+    records: int  # per bridge run
+    ceiling_records: int  # per ceiling configuration
+    demo_records: int
+
+
+CASES = {
+    "digits": Case("digits", "digits", records=2000, ceiling_records=1000, demo_records=400),
+    "mobilenet": Case("mobilenet", "photos", records=600, ceiling_records=300, demo_records=120),
+}
+DIGITS_VARIANTS: dict[str, list[str]] = {
     "no batching (batch 1, 1 in flight)": ["--max-batch-size", "1", "--max-in-flight", "1"],
     "batch 8": ["--max-batch-size", "8"],
     "encoded bytes signature": ["--signature-name", "bytes"],
     "commit every 1 s": ["--commit-interval-ms", "1000"],
 }
-PARTITIONS = 3
 
 
-@contextlib.contextmanager
-def bridge_on_fresh_topics(stack, flags: list[str], root: Path = ROOT) -> Iterator[tuple[dict[str, str], object]]:
-    """A running bridge on new input, output and dead-letter topics: (topics, BridgeProcess)."""
-    suffix = uuid.uuid4().hex[:6]
-    topics = {"input": f"bench-in-{suffix}", "output": f"bench-out-{suffix}", "dead": f"bench-dead-{suffix}"}
-    stack.kafka.create_topics({topic: PARTITIONS for topic in topics.values()})
-    with stack.bridge("--input-topic", topics["input"], "--output-topic", topics["output"],
-                      "--dead-letter-topic", topics["dead"], "--group-id", f"bench-{suffix}",
-                      "--metrics-interval-ms", "0", *flags, log_name=f"bench-{suffix}.log", root=root,
-                      allow_local_images=has_address_policy(root)) as bridge:
-        bridge.wait_for_log("assigned")
-        yield topics, bridge
-
+# --- process figures --------------------------------------------------------------------------------------------
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
+    """User + system CPU time of a process (and its reaped children) so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -68,36 +83,205 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def run_variant(stack, name: str, flags: list[str], records: int, root: Path = ROOT) -> float:
-    urls = list(stack.digits.labels)
-    with bridge_on_fresh_topics(stack, flags, root) as (topics, bridge):
-        cpu_before = cpu_seconds(bridge.process.pid)
-        producer = Producer({"bootstrap.servers": stack.kafka.bootstrap_servers, "linger.ms": 5})
+def children(pid: int) -> list[int]:
+    """Every descendant process (the bridge's decoding workers), whichever thread started them."""
+    found, queue = [], [pid]
+    while queue:
+        parent = queue.pop()
+        kids = []
+        for path in Path(f"/proc/{parent}/task").glob("*/children"):
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                kids += [int(kid) for kid in path.read_text().split()]
+        found += kids
+        queue += kids
+    return found
+
+
+class CpuMeter:
+    """CPU seconds used by a process and its descendants between start and stop."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.before = self._total()
+
+    def _total(self) -> float:
+        total = 0.0
+        for pid in [self.pid, *children(self.pid)]:
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                total += cpu_seconds(pid)
+        return total
+
+    def ms_per(self, records: int) -> float:
+        return (self._total() - self.before) * 1000 / records
+
+
+# --- the bridge over a pre-filled topic ---------------------------------------------------------------------------
+
+def fresh_topics(stack, prefix: str) -> dict[str, str]:
+    suffix = uuid.uuid4().hex[:6]
+    topics = {"input": f"{prefix}-in-{suffix}", "output": f"{prefix}-out-{suffix}", "dead": f"{prefix}-dead-{suffix}"}
+    stack.kafka.create_topics({topic: PARTITIONS for topic in topics.values()})
+    return topics
+
+
+def fill(stack, topic: str, urls: list[str], records: int) -> None:
+    producer = Producer({"bootstrap.servers": stack.kafka.bootstrap_servers, "linger.ms": 5})
+    for n in range(records):
+        producer.produce(topic, urls[n % len(urls)].encode(), partition=n % PARTITIONS)
+    if producer.flush(60):
+        raise SystemExit("could not fill the input topic")
+
+
+@contextlib.contextmanager
+def running_bridge(stack, case: Case, topics: dict[str, str], flags: list[str], root: Path = ROOT):
+    with stack.bridge("--input-topic", topics["input"], "--output-topic", topics["output"],
+                      "--dead-letter-topic", topics["dead"], "--group-id", f"bench-{topics['input']}",
+                      "--model-name", case.model, "--metrics-interval-ms", "0", *flags,
+                      log_name=f"{topics['input']}.log", root=root,
+                      allow_local_images=has_address_policy(root)) as bridge:
+        bridge.wait_for_log("assigned", timeout=120)
+        yield bridge
+
+
+def logged_at(log: str, text: str) -> float:
+    """The wall-clock time of the first log line containing `text` (the log's asctime, local time)."""
+    line = next(line for line in log.splitlines() if text in line)
+    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+@dataclass
+class BridgeRun:
+    rate: float
+    bridge_cpu_ms: float
+    server_cpu_ms: float
+    bridge_rss_mib: float
+
+
+def run_bridge(stack, case: Case, urls: list[str], flags: list[str], root: Path = ROOT) -> BridgeRun:
+    """Records/s from the bridge's partition assignment to the last result's Kafka timestamp."""
+    topics = fresh_topics(stack, "bench")
+    fill(stack, topics["input"], urls, case.records)
+    server = CpuMeter(stack.model_pid)
+    with running_bridge(stack, case, topics, flags, root) as bridge:
+        meter = CpuMeter(bridge.process.pid)
+        outputs = read_topic(stack.kafka.bootstrap_servers, topics["output"], expect=case.records, timeout=900)
+        if len(outputs) < case.records:
+            raise SystemExit(f"only {len(outputs)}/{case.records} outputs after 900 s:\n{bridge.log()[-2000:]}")
+        run = BridgeRun(0.0, meter.ms_per(case.records), server.ms_per(case.records),
+                        max(peak_rss_mib(pid) for pid in [bridge.process.pid, *children(bridge.process.pid)]))
+        started = logged_at(bridge.log(), "assigned")
+    finished = max(message.timestamp()[1] for message in outputs) / 1000
+    run.rate = case.records / (finished - started)
+    return run
+
+
+# --- the transform alone, and the demo's pattern -------------------------------------------------------------------
+
+def local_pipeline(stack, case: Case, **settings):
+    """The bridge's transform on this stack, in this process, with `settings` over the defaults."""
+    from bridge.config import Settings
+    from bridge.loop.run import build_pipeline
+    from bridge.model.client import ModelServerClient
+
+    chosen = Settings(model_server=stack.model_address, model_name=case.model, fetch_allow=("127.0.0.1",),
+                      **settings)
+    client = ModelServerClient(chosen.model_server, chosen.model_target())
+    return build_pipeline(chosen, client, client.signature(), threading.Event()), client
+
+
+def transform_rate(stack, case: Case, urls: list[str], records: int, **settings) -> float:
+    from bridge.records import Record
+
+    pipeline, client = local_pipeline(stack, case, **settings)
+    inputs = [Record("bench", n % PARTITIONS, n, None, urls[n % len(urls)].encode()) for n in range(records)]
+    try:
+        pipeline.process(inputs[:64])  # warm: connections, the model's first batches
         started = time.monotonic()
-        for n in range(records):
-            producer.produce(topics["input"], urls[n % len(urls)].encode(), partition=n % PARTITIONS)
-        producer.flush(30)
-        outputs = read_topic(stack.kafka.bootstrap_servers, topics["output"], expect=records, timeout=600)
-        finished = time.monotonic()
-        cpu_ms = (cpu_seconds(bridge.process.pid) - cpu_before) * 1000 / records
-        rss = peak_rss_mib(bridge.process.pid)
-        if len(outputs) < records:
-            raise SystemExit(f"{name}: only {len(outputs)}/{records} outputs after 600s")
-    rate = records / (finished - started)
-    print(f"  {name:<42} {rate:8.1f} records/s   {cpu_ms:5.2f} CPU ms/record   peak RSS {rss:5.0f} MiB",
-          flush=True)
-    return rate
+        outcomes = pipeline.process(inputs)
+        elapsed = time.monotonic() - started
+    finally:
+        pipeline.close()
+        client.close()
+    if sum(message.is_result for message in outcomes) < records:
+        raise SystemExit("ceiling: some images were not classified")
+    return records / elapsed
 
 
-def run_latency(stack, rate: float, seconds: float = 10.0) -> list[float]:
-    """End-to-end latencies (ms, sorted) at `rate` records/s: from producing the input to a read_committed
-    reader (polling with a 10 ms fetch wait) seeing its result."""
-    from confluent_kafka import Consumer
+def run_ceiling(stack, case: Case, urls: list[str]) -> tuple[float, dict[str, int]]:
+    """The best records/s of the transform with no Kafka, over batch sizes and Predict calls in flight."""
+    best, best_config = 0.0, {}
+    for batch, in_flight in itertools.product((8, 16, 32, 64), (1, 2, 4)):
+        rate = transform_rate(stack, case, urls, case.ceiling_records, max_batch_size=batch, max_in_flight=in_flight)
+        print(f"    ceiling search: batch {batch:2d}, {in_flight} in flight: {rate:7.1f} records/s", flush=True)
+        if rate > best:
+            best, best_config = rate, {"max_batch_size": batch, "max_in_flight": in_flight}
+    return best, best_config
 
-    urls = list(stack.digits.labels)
+
+def batch_inference_ms(stack, case: Case, urls: list[str], size: int = MAX_BATCH) -> float:
+    """The median time of one Predict on a full batch of prepared images (the latency target's unit)."""
+    pipeline, client = local_pipeline(stack, case)
+    try:
+        images = [pipeline.preprocessor.prepare(pipeline.fetcher.fetch(url)) for url in urls[:size]]
+        batch = pipeline.predictor
+        times = []
+        for _ in range(7):
+            started = time.monotonic()
+            batch.predict(images)
+            times.append((time.monotonic() - started) * 1000)
+    finally:
+        pipeline.close()
+        client.close()
+    return statistics.median(times[2:])
+
+
+def run_one_at_a_time(stack, case: Case, urls: list[str]) -> float:
+    """The original demo's pattern, exactly once: poll one record, fetch, Predict one image, produce, commit
+    (confluent-kafka's transactional loop, with the bridge's transform for the one record)."""
+    from bridge.records import Record
+
+    topics = fresh_topics(stack, "one")
+    fill(stack, topics["input"], urls, case.demo_records)
+    bootstrap = stack.kafka.bootstrap_servers
+    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"one-{topics['input']}"})
+    producer.init_transactions(30)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"one-{topics['input']}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "isolation.level": "read_committed"})
+    consumer.subscribe([topics["input"]])
+    pipeline, client = local_pipeline(stack, case)
+    done, started = 0, None
+    try:
+        while done < case.demo_records:
+            message = consumer.poll(1.0)
+            if message is None or message.error():
+                continue
+            started = started or time.monotonic()
+            [outcome] = pipeline.process([Record.from_message(message)])
+            producer.begin_transaction()
+            producer.produce(topics["output"], outcome.value, partition=message.partition())
+            producer.send_offsets_to_transaction(
+                [TopicPartition(topics["input"], message.partition(), message.offset() + 1)],
+                consumer.consumer_group_metadata(), 30)
+            producer.commit_transaction(30)
+            done += 1
+        elapsed = time.monotonic() - started
+    finally:
+        consumer.close()
+        pipeline.close()
+        client.close()
+    return case.demo_records / elapsed
+
+
+# --- latency ------------------------------------------------------------------------------------------------------
+
+def run_latency(stack, case: Case, urls: list[str], rate: float, seconds: float = 15.0) -> list[float]:
+    """End-to-end latencies (ms, sorted) at `rate` records/s."""
     total = int(rate * seconds)
-    with bridge_on_fresh_topics(stack, []) as (topics, _bridge):
-        reader = Consumer({"bootstrap.servers": stack.kafka.bootstrap_servers, "group.id": f"lat-{uuid.uuid4()}",
+    topics = fresh_topics(stack, "lat")
+    bootstrap = stack.kafka.bootstrap_servers
+    with running_bridge(stack, case, topics, []):
+        reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"lat-{uuid.uuid4()}",
                            "auto.offset.reset": "earliest", "isolation.level": "read_committed",
                            "fetch.wait.max.ms": 10, "enable.auto.commit": False})
         reader.subscribe([topics["output"]])
@@ -113,7 +297,7 @@ def run_latency(stack, rate: float, seconds: float = 10.0) -> list[float]:
 
         reading = threading.Thread(target=read)
         reading.start()
-        producer = Producer({"bootstrap.servers": stack.kafka.bootstrap_servers, "linger.ms": 0})
+        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
         began = time.monotonic()
         for n in range(total):
             time.sleep(max(0.0, began + n / rate - time.monotonic()))
@@ -126,85 +310,53 @@ def run_latency(stack, rate: float, seconds: float = 10.0) -> list[float]:
     return sorted(latencies)
 
 
-def local_pipeline(stack):
-    """The bridge's transform with its default settings, on this stack, in this process."""
-    import threading
-
-    from bridge.config import Settings
-    from bridge.loop.run import build_pipeline
-    from bridge.model.client import ModelServerClient
-
-    settings = Settings(model_server=stack.model_address, fetch_allow=("127.0.0.1",))
-    client = ModelServerClient(settings.model_server, settings.model_target())
-    return build_pipeline(settings, client, client.signature(), threading.Event()), client
+def percentile(values: list[float], fraction: float) -> float:
+    return values[min(len(values) - 1, int(len(values) * fraction))]
 
 
-def run_one_at_a_time(stack, records: int) -> float:
-    """The original demo's pattern, exactly once: poll one record, fetch, Predict one image, produce, commit
-    (confluent-kafka's transactional loop, with the bridge's transform for the one record)."""
-    from confluent_kafka import Consumer, TopicPartition
+# --- the cases ----------------------------------------------------------------------------------------------------
 
-    from bridge.records import Record
-
-    suffix = uuid.uuid4().hex[:6]
-    source, sink = f"one-in-{suffix}", f"one-out-{suffix}"
-    stack.kafka.create_topics({source: PARTITIONS, sink: PARTITIONS})
-    urls = list(stack.digits.labels)
-    filler = Producer({"bootstrap.servers": stack.kafka.bootstrap_servers})
-    for n in range(records):
-        filler.produce(source, urls[n % len(urls)].encode(), partition=n % PARTITIONS)
-    filler.flush(30)
-    producer = Producer({"bootstrap.servers": stack.kafka.bootstrap_servers, "transactional.id": f"one-{suffix}"})
-    producer.init_transactions(30)
-    consumer = Consumer({"bootstrap.servers": stack.kafka.bootstrap_servers, "group.id": f"one-{suffix}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                         "isolation.level": "read_committed"})
-    consumer.subscribe([source])
-    pipeline, client = local_pipeline(stack)
-    done, started = 0, time.monotonic()
-    try:
-        while done < records:
-            message = consumer.poll(1.0)
-            if message is None or message.error():
-                continue
-            [outcome] = pipeline.process([Record.from_message(message)])
-            producer.begin_transaction()
-            producer.produce(sink, outcome.value, partition=message.partition())
-            producer.send_offsets_to_transaction(
-                [TopicPartition(source, message.partition(), message.offset() + 1)],
-                consumer.consumer_group_metadata(), 30)
-            producer.commit_transaction(30)
-            done += 1
-        finished = time.monotonic()
-    finally:
-        consumer.close()
-        pipeline.close()
-        client.close()
-    rate = records / (finished - started)
-    print(f"  {'one record at a time (the demo pattern)':<42} {rate:8.1f} records/s", flush=True)
-    return rate
+def case_urls(stack, case: Case) -> list[str]:
+    return list(stack.digits.labels) if case.images == "digits" else stack.photos
 
 
-def run_ceiling(stack, records: int) -> float:
-    """The transform alone, no Kafka: the same fetch, preprocess and Predict, batched and concurrent, with the
-    bridge's default settings (the ceiling the bridge is held to)."""
-    from bridge.records import Record
-
-    pipeline, client = local_pipeline(stack)
-    urls = list(stack.digits.labels)
-    inputs = [Record("bench", n % PARTITIONS, n, None, urls[n % len(urls)].encode()) for n in range(records)]
-    try:
-        started = time.monotonic()
-        outcomes = pipeline.process(inputs)
-        finished = time.monotonic()
-    finally:
-        pipeline.close()
-        client.close()
-    if sum(message.is_result for message in outcomes) < records:
-        raise SystemExit("ceiling: some images were not classified")
-    rate = records / (finished - started)
-    print(f"  {'ceiling: the transform alone, no Kafka':<42} {rate:8.1f} records/s", flush=True)
-    return rate
+def run_case(stack, name: str, case: Case, variants: bool) -> dict:
+    urls = case_urls(stack, case)
+    print(f"\n{name}: model {case.model} on {case.images}, {case.records} records per bridge run", flush=True)
+    ceiling, ceiling_config = run_ceiling(stack, case, urls)
+    print(f"  ceiling: {ceiling:.1f} records/s at {ceiling_config}", flush=True)
+    settings = {"defaults": [], "decoding in 2 processes": ["--decode-processes", "2"],
+                "4 Predict calls in flight": ["--max-in-flight", "4"]}
+    if variants:
+        settings.update(DIGITS_VARIANTS)
+    runs = {}
+    for label, flags in settings.items():
+        runs[label] = run = run_bridge(stack, case, urls, flags)
+        print(f"  bridge, {label:<36} {run.rate:7.1f} records/s ({run.rate / ceiling:.2f} of the ceiling); CPU "
+              f"ms/record: bridge {run.bridge_cpu_ms:.2f}, model server {run.server_cpu_ms:.2f}; bridge peak RSS "
+              f"{run.bridge_rss_mib:.0f} MiB", flush=True)
+    demo = run_one_at_a_time(stack, case, urls)
+    defaults = runs["defaults"]
+    print(f"  one record at a time (the demo pattern): {demo:.1f} records/s; the bridge does "
+          f"{defaults.rate / demo:.1f}x", flush=True)
+    inference = batch_inference_ms(stack, case, urls)
+    target = COMMIT_INTERVAL_MS + BATCH_LINGER_MS + 2 * inference + 50
+    latencies = run_latency(stack, case, urls, defaults.rate / 2)
+    p50, p99 = percentile(latencies, 0.50), percentile(latencies, 0.99)
+    print(f"  latency at {defaults.rate / 2:.0f} records/s, {len(latencies)} records: p50 {p50:.0f} ms, p99 "
+          f"{p99:.0f} ms, max {latencies[-1]:.0f} ms; target p99 <= {target:.0f} ms (one batch of {MAX_BATCH}: "
+          f"{inference:.0f} ms)", flush=True)
+    return {
+        "case": name, "model": case.model, "images": case.images, "ceiling": round(ceiling, 1),
+        "ceiling_config": ceiling_config, "demo_pattern": round(demo, 1),
+        "bridge": {label: {"records_per_s": round(run.rate, 1), "of_ceiling": round(run.rate / ceiling, 3),
+                           "bridge_cpu_ms_per_record": round(run.bridge_cpu_ms, 2),
+                           "model_server_cpu_ms_per_record": round(run.server_cpu_ms, 2),
+                           "bridge_peak_rss_mib": round(run.bridge_rss_mib)} for label, run in runs.items()},
+        "latency_ms": {"p50": round(p50), "p99": round(p99), "max": round(latencies[-1]),
+                       "at_records_per_s": round(defaults.rate / 2, 1), "p99_target": round(target)},
+        "batch_inference_ms": round(inference, 1),
+    }
 
 
 def has_address_policy(root: Path) -> bool:
@@ -224,33 +376,39 @@ def worktree(rev: str) -> Iterator[Path]:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], capture_output=True)
 
 
+def compare(stack, rev: str) -> None:
+    case, urls = CASES["digits"], list(stack.digits.labels)
+    with worktree(rev) as old:
+        for label, root in (("this tree", ROOT), (f"at {rev}", old), ("this tree, again", ROOT)):
+            run = run_bridge(stack, case, urls, [], root=root)
+            print(f"  digits defaults, {label:<24} {run.rate:7.1f} records/s, bridge CPU {run.bridge_cpu_ms:.2f} "
+                  f"ms/record", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records", type=int, default=2000)
-    parser.add_argument("--compare", metavar="REV", help="also run the defaults with the bridge of commit REV")
+    parser.add_argument("--case", choices=sorted(CASES), action="append", help="run only these cases")
+    parser.add_argument("--variants", action="store_true", help="also run other settings on digits")
+    parser.add_argument("--compare", metavar="REV", help="only the digits defaults, against the bridge of REV")
     args = parser.parse_args()
-    print(f"starting the local stack; {args.records} records per variant, {PARTITIONS} partitions", flush=True)
-    with local_stack(partitions=PARTITIONS, digits=200) as stack, contextlib.ExitStack() as trees:
+    names = args.case or list(CASES)
+    models = sorted({CASES[name].model for name in names})
+    print(f"starting the local stack with {', '.join(models)}; {PARTITIONS} partitions", flush=True)
+    with local_stack(partitions=PARTITIONS, digits=200, models=models, photos=64) as stack:
         if args.compare:
-            old = trees.enter_context(worktree(args.compare))
-            rates = {"defaults": run_variant(stack, "defaults", [], args.records),
-                     f"defaults at {args.compare}": run_variant(stack, f"defaults at {args.compare}", [],
-                                                                args.records, root=old),
-                     "defaults, again": run_variant(stack, "defaults, again", [], args.records)}
-        else:
-            rates = {name: run_variant(stack, name, flags, args.records) for name, flags in VARIANTS.items()}
-            rates["one record at a time (the demo pattern)"] = run_one_at_a_time(stack, min(args.records, 500))
-            rates["ceiling: the transform alone, no Kafka"] = run_ceiling(stack, args.records)
-            half = next(iter(rates.values())) / 2
-            latencies = run_latency(stack, half)
-            if latencies:
-                p50, p99 = latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99) - 1]
-                print(f"\nend-to-end latency at {half:.0f} records/s (half the defaults' rate), {len(latencies)} "
-                      f"records: p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {latencies[-1]:.0f} ms")
-    baseline = next(iter(rates.values()))
-    print("\nvariant                                     records/s   ratio to defaults")
-    for name, rate in rates.items():
-        print(f"  {name:<42} {rate:8.1f}   {rate / baseline:5.2f}x")
+            compare(stack, args.compare)
+            return 0
+        results = [run_case(stack, name, CASES[name], args.variants and name == "digits") for name in names]
+    print("\ncase        ceiling   bridge (of ceiling)   demo pattern (bridge x)   p99 / target   CPU ms/record")
+    for result in results:
+        bridge = result["bridge"]["defaults"]
+        latency = result["latency_ms"]
+        print(f"  {result['case']:<9} {result['ceiling']:7.1f}   {bridge['records_per_s']:7.1f} "
+              f"({bridge['of_ceiling']:.2f})        {result['demo_pattern']:6.1f} "
+              f"({bridge['records_per_s'] / result['demo_pattern']:4.1f}x)"
+              f"            {latency['p99']:4d} / {latency['p99_target']:4d}    "
+              f"{bridge['bridge_cpu_ms_per_record']:.2f}")
+    print("BENCHMARK_JSON " + json.dumps({"partitions": PARTITIONS, "cpus": os.cpu_count(), "cases": results}))
     return 0
 
 

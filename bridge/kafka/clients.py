@@ -226,9 +226,14 @@ class ReadCommittedConsumer:
         self._consumer.subscribe(list(topics), **callbacks)
 
     def poll_batch(self, max_records: int, timeout: float) -> list[Message]:
-        """Up to max_records records. Transient consumer errors are logged (librdkafka recovers by itself);
-        a fatal one (e.g. another member with the same group.instance.id) raises FatalKafkaError."""
-        messages = self._consumer.consume(max_records, timeout)
+        """Up to max_records records, as soon as there is one (or none after timeout). Transient consumer errors
+        are logged (librdkafka recovers by itself); a fatal one (e.g. another member with the same
+        group.instance.id) raises FatalKafkaError."""
+        # consume(n, timeout) waits until it has all n or the timeout passes, even with records at hand: wait
+        # for the first, then take what else is already fetched without waiting.
+        messages = self._consumer.consume(1, timeout)
+        if messages and max_records > 1:
+            messages += self._consumer.consume(max_records - 1, 0)
         records = []
         for message in messages:
             error = message.error()

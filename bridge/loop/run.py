@@ -200,6 +200,9 @@ class BridgeLoop:
 
     def _commit(self) -> None:
         pending = self.checkpoint.pending
+        # The interval runs from one commit's start to the next: a result waits at most the interval plus one
+        # commit, not the interval plus two.
+        self._last_commit = time.monotonic()
         try:
             self.checkpoint.commit(self.window.frontier())
         except TransactionAborted as exc:
@@ -208,7 +211,6 @@ class BridgeLoop:
         else:
             self.window.committed()
             self.metrics.committed(pending)
-        self._last_commit = time.monotonic()
 
     def _abort_and_rewind(self) -> None:
         self.checkpoint.abort()

@@ -1,5 +1,7 @@
 """The bridge's Kafka wrappers on a real broker: results and input offsets commit together, or not at all."""
 
+import time
+
 import pytest
 from confluent_kafka import TopicPartition
 
@@ -89,3 +91,20 @@ def test_a_second_producer_with_the_same_transactional_id_fences_the_first(kafka
     assert read_topic(kafka.bootstrap_servers, topics["output"]) == []
     consumer.close()
     second.close()
+
+
+def test_a_poll_returns_the_records_at_hand_without_waiting_for_a_full_batch(kafka, topics, unique):
+    consumer = ReadCommittedConsumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": f"g-{unique}"},
+                                     [topics["input"]])
+    try:
+        consume_all(consumer, 1)  # joined the group, fetching has begun
+        started = time.monotonic()
+        records = consumer.poll_batch(500, 20.0)
+        while len(records) < 4 and time.monotonic() - started < 20:
+            records += consumer.poll_batch(500, 20.0)
+        waited = time.monotonic() - started
+    finally:
+        consumer.close()
+    assert [record.value() for record in records] == [f"record-{i}".encode() for i in range(1, 5)]
+    # 4 records of the 500 asked for: the poll returns them instead of waiting out its 20 s timeout.
+    assert waited < 10, waited
