@@ -179,7 +179,7 @@ class Settings:
     # Batching and classification
     max_batch_size: int = setting(32, POSITIVE, "most images per Predict call")
     batch_linger_ms: int = setting(20, NON_NEGATIVE, "how long a batch waits to fill")
-    max_in_flight: int = setting(2, POSITIVE, "Predict calls in flight at once")
+    max_in_flight: int = setting(4, POSITIVE, "Predict calls in flight at once")
     top_k: int = setting(5, POSITIVE, "classes reported per image")
     input_scale: float = setting(1 / 255, SCALE, "pixel scale for float32 inputs (value * scale + offset)",
                                  shown="1/255")

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from scripts.kafka_io import read_topic
 from scripts.local_stack import ROOT, local_stack
@@ -71,9 +71,9 @@ DIGITS_VARIANTS: dict[str, list[str]] = {
 # --- process figures --------------------------------------------------------------------------------------------
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (and its reaped children) so far."""
+    """User + system CPU time of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -98,15 +98,16 @@ def children(pid: int) -> list[int]:
 
 
 class CpuMeter:
-    """CPU seconds used by a process and its descendants between start and stop."""
+    """CPU time used by a process (and its descendants, if asked) since the meter was made."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, descendants: bool = False) -> None:
         self.pid = pid
+        self.descendants = descendants
         self.before = self._total()
 
     def _total(self) -> float:
         total = 0.0
-        for pid in [self.pid, *children(self.pid)]:
+        for pid in [self.pid, *(children(self.pid) if self.descendants else [])]:
             with contextlib.suppress(FileNotFoundError, ProcessLookupError):
                 total += cpu_seconds(pid)
         return total
@@ -154,25 +155,30 @@ class BridgeRun:
     rate: float
     bridge_cpu_ms: float
     server_cpu_ms: float
+    broker_cpu_ms: float
+    harness_cpu_ms: float  # this process: the image servers and the reader
     bridge_rss_mib: float
+    cores_busy: float  # CPU seconds of all four per second of the run
 
 
 def run_bridge(stack, case: Case, urls: list[str], flags: list[str], root: Path = ROOT) -> BridgeRun:
     """Records/s from the bridge's partition assignment to the last result's Kafka timestamp."""
     topics = fresh_topics(stack, "bench")
     fill(stack, topics["input"], urls, case.records)
-    server = CpuMeter(stack.model_pid)
     with running_bridge(stack, case, topics, flags, root) as bridge:
-        meter = CpuMeter(bridge.process.pid)
+        meters = [CpuMeter(bridge.process.pid, descendants=True),
+                  *(CpuMeter(pid) for pid in (stack.model_pid, stack.kafka.process.pid, os.getpid()))]
+        clock = time.monotonic()
         outputs = read_topic(stack.kafka.bootstrap_servers, topics["output"], expect=case.records, timeout=900)
+        wall = time.monotonic() - clock
         if len(outputs) < case.records:
             raise SystemExit(f"only {len(outputs)}/{case.records} outputs after 900 s:\n{bridge.log()[-2000:]}")
-        run = BridgeRun(0.0, meter.ms_per(case.records), server.ms_per(case.records),
-                        max(peak_rss_mib(pid) for pid in [bridge.process.pid, *children(bridge.process.pid)]))
+        cpu_ms = [meter.ms_per(case.records) for meter in meters]
+        rss = max(peak_rss_mib(pid) for pid in [bridge.process.pid, *children(bridge.process.pid)])
         started = logged_at(bridge.log(), "assigned")
     finished = max(message.timestamp()[1] for message in outputs) / 1000
-    run.rate = case.records / (finished - started)
-    return run
+    return BridgeRun(case.records / (finished - started), *cpu_ms, rss,
+                     cores_busy=sum(cpu_ms) * case.records / 1000 / wall)
 
 
 # --- the transform alone, and the demo's pattern -------------------------------------------------------------------
@@ -275,25 +281,33 @@ def run_one_at_a_time(stack, case: Case, urls: list[str]) -> float:
 
 # --- latency ------------------------------------------------------------------------------------------------------
 
-def run_latency(stack, case: Case, urls: list[str], rate: float, seconds: float = 15.0) -> list[float]:
-    """End-to-end latencies (ms, sorted) at `rate` records/s."""
-    total = int(rate * seconds)
+def run_latency(stack, case: Case, urls: list[str], rate: float, seconds: float = 15.0,
+                warm_up: float = 2.0) -> list[float]:
+    """End-to-end latencies (ms, sorted) at `rate` records/s, of the records sent after `warm_up` seconds (the
+    bridge's first Predict calls and connections). The reader is assigned the output partitions directly, so
+    no group join delays what it sees."""
+    total = int(rate * (warm_up + seconds))
     topics = fresh_topics(stack, "lat")
     bootstrap = stack.kafka.bootstrap_servers
     with running_bridge(stack, case, topics, []):
         reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"lat-{uuid.uuid4()}",
-                           "auto.offset.reset": "earliest", "isolation.level": "read_committed",
-                           "fetch.wait.max.ms": 10, "enable.auto.commit": False})
-        reader.subscribe([topics["output"]])
+                           "isolation.level": "read_committed", "fetch.wait.max.ms": 10,
+                           "enable.auto.commit": False})
+        reader.assign([TopicPartition(topics["output"], p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
+        reader.poll(1.0)  # connected and fetching before the first record is sent
         latencies: list[float] = []
+        seen = 0
 
         def read() -> None:
-            deadline = time.monotonic() + seconds + 60
-            while len(latencies) < total and time.monotonic() < deadline:
+            nonlocal seen
+            deadline = time.monotonic() + warm_up + seconds + 60
+            while seen < total and time.monotonic() < deadline:
                 message = reader.poll(0.05)
                 if message is not None and not message.error():
-                    sent = float(json.loads(message.value())["id"])
-                    latencies.append((time.monotonic() - sent) * 1000)
+                    seen += 1
+                    sent = json.loads(message.value())["id"].split()
+                    if sent[0] == "timed":
+                        latencies.append((time.monotonic() - float(sent[1])) * 1000)
 
         reading = threading.Thread(target=read)
         reading.start()
@@ -301,7 +315,9 @@ def run_latency(stack, case: Case, urls: list[str], rate: float, seconds: float 
         began = time.monotonic()
         for n in range(total):
             time.sleep(max(0.0, began + n / rate - time.monotonic()))
-            producer.produce(topics["input"], json.dumps({"url": urls[n % len(urls)], "id": repr(time.monotonic())}),
+            now = time.monotonic()
+            phase = "timed" if now - began >= warm_up else "warm-up"
+            producer.produce(topics["input"], json.dumps({"url": urls[n % len(urls)], "id": f"{phase} {now!r}"}),
                              partition=n % PARTITIONS)
             producer.poll(0)
         producer.flush(30)
@@ -326,15 +342,16 @@ def run_case(stack, name: str, case: Case, variants: bool) -> dict:
     ceiling, ceiling_config = run_ceiling(stack, case, urls)
     print(f"  ceiling: {ceiling:.1f} records/s at {ceiling_config}", flush=True)
     settings = {"defaults": [], "decoding in 2 processes": ["--decode-processes", "2"],
-                "4 Predict calls in flight": ["--max-in-flight", "4"]}
+                "2 Predict calls in flight": ["--max-in-flight", "2"]}
     if variants:
         settings.update(DIGITS_VARIANTS)
     runs = {}
     for label, flags in settings.items():
         runs[label] = run = run_bridge(stack, case, urls, flags)
-        print(f"  bridge, {label:<36} {run.rate:7.1f} records/s ({run.rate / ceiling:.2f} of the ceiling); CPU "
-              f"ms/record: bridge {run.bridge_cpu_ms:.2f}, model server {run.server_cpu_ms:.2f}; bridge peak RSS "
-              f"{run.bridge_rss_mib:.0f} MiB", flush=True)
+        print(f"  bridge, {label:<28} {run.rate:7.1f} records/s ({run.rate / ceiling:.2f} of the ceiling); CPU "
+              f"ms/record: bridge {run.bridge_cpu_ms:.2f}, model server {run.server_cpu_ms:.2f}, broker "
+              f"{run.broker_cpu_ms:.2f}, image server and reader {run.harness_cpu_ms:.2f} ({run.cores_busy:.1f} "
+              f"cores busy); bridge peak RSS {run.bridge_rss_mib:.0f} MiB", flush=True)
     demo = run_one_at_a_time(stack, case, urls)
     defaults = runs["defaults"]
     print(f"  one record at a time (the demo pattern): {demo:.1f} records/s; the bridge does "
@@ -352,6 +369,9 @@ def run_case(stack, name: str, case: Case, variants: bool) -> dict:
         "bridge": {label: {"records_per_s": round(run.rate, 1), "of_ceiling": round(run.rate / ceiling, 3),
                            "bridge_cpu_ms_per_record": round(run.bridge_cpu_ms, 2),
                            "model_server_cpu_ms_per_record": round(run.server_cpu_ms, 2),
+                           "broker_cpu_ms_per_record": round(run.broker_cpu_ms, 2),
+                           "harness_cpu_ms_per_record": round(run.harness_cpu_ms, 2),
+                           "cores_busy": round(run.cores_busy, 2),
                            "bridge_peak_rss_mib": round(run.bridge_rss_mib)} for label, run in runs.items()},
         "latency_ms": {"p50": round(p50), "p99": round(p99), "max": round(latencies[-1]),
                        "at_records_per_s": round(defaults.rate / 2, 1), "p99_target": round(target)},

@@ -211,6 +211,7 @@ class BridgeLoop:
         else:
             self.window.committed()
             self.metrics.committed(pending)
+            log.debug("committed %d records in %.1f ms", pending, (time.monotonic() - self._last_commit) * 1000)
 
     def _abort_and_rewind(self) -> None:
         self.checkpoint.abort()

@@ -36,7 +36,7 @@ SAMPLES = {
     "grpc_timeout_ms": ("2000", 2000),
     "max_batch_size": ("8", 8),
     "batch_linger_ms": ("0", 0),
-    "max_in_flight": ("4", 4),
+    "max_in_flight": ("3", 3),
     "top_k": ("3", 3),
     "input_scale": ("0.5", 0.5),
     "input_offset": ("-1", -1.0),
@@ -120,7 +120,7 @@ def test_env_var_names_follow_the_prefix():
 def test_flags_override_env_which_overrides_defaults():
     env = {"TFS_BRIDGE_MAX_BATCH_SIZE": "8", "TFS_BRIDGE_TOP_K": "2"}
     settings = parse_settings(["--max-batch-size", "16"], env)
-    assert settings.max_batch_size == 16 and settings.top_k == 2 and settings.max_in_flight == 2
+    assert settings.max_batch_size == 16 and settings.top_k == 2 and settings.max_in_flight == 4
 
 
 def test_grpc_tls_flag_overrides_env_both_ways():
