@@ -22,10 +22,12 @@ worktree) between two runs of this tree's, so a change is measured against its p
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import itertools
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -72,7 +74,12 @@ DIGITS_VARIANTS: dict[str, list[str]] = {
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return cpu_seconds_of(Path(f"/proc/{pid}/stat"))
+
+
+def cpu_seconds_of(stat: Path) -> float:
+    """User + system CPU time in a /proc/.../stat file (a process's or one thread's)."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -114,6 +121,40 @@ class CpuMeter:
 
     def ms_per(self, records: int) -> float:
         return (self._total() - self.before) * 1000 / records
+
+
+class ThreadMeter:
+    """CPU time of a process's threads since the meter was made, grouped by Python thread name (fetch_0,
+    fetch_1... count as "fetch"), with the names read by `py-spy dump`; threads Python did not start keep
+    their OS name (rdk:broker..., event_engine). Threads that ended before the reading are not counted."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.names = self._python_names()
+        self.before = self._by_thread()
+
+    def _python_names(self) -> dict[str, str]:
+        try:
+            dump = subprocess.run([str(Path(sys.executable).with_name("py-spy")), "dump", "--json", "--pid",
+                                   str(self.pid)], capture_output=True, text=True, timeout=30, check=True).stdout
+        except (OSError, subprocess.SubprocessError):
+            return {}
+        return {str(thread["os_thread_id"]): thread["thread_name"] or "?" for thread in json.loads(dump)}
+
+    def _by_thread(self) -> dict[str, tuple[str, float]]:
+        threads = {}
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                name = self.names.get(task.name) or (task / "comm").read_text().strip()
+                threads[task.name] = (re.sub(r"[_-]?\d+$", "", name), cpu_seconds_of(task / "stat"))
+        return threads
+
+    def ms_per(self, records: int) -> dict[str, float]:
+        self.names.update(self._python_names())  # thread pools start their threads as work comes
+        groups: collections.Counter[str] = collections.Counter()
+        for tid, (group, seconds) in self._by_thread().items():
+            groups[group] += seconds - self.before.get(tid, ("", 0.0))[1]
+        return {group: seconds * 1000 / records for group, seconds in groups.most_common() if seconds > 0}
 
 
 # --- the bridge over a pre-filled topic ---------------------------------------------------------------------------
@@ -159,6 +200,7 @@ class BridgeRun:
     harness_cpu_ms: float  # this process: the image servers and the reader
     bridge_rss_mib: float
     cores_busy: float  # CPU seconds of all four per second of the run
+    bridge_threads_ms: dict[str, float]  # the bridge's CPU ms/record by thread group
 
 
 def run_bridge(stack, case: Case, urls: list[str], flags: list[str], root: Path = ROOT) -> BridgeRun:
@@ -166,6 +208,7 @@ def run_bridge(stack, case: Case, urls: list[str], flags: list[str], root: Path 
     topics = fresh_topics(stack, "bench")
     fill(stack, topics["input"], urls, case.records)
     with running_bridge(stack, case, topics, flags, root) as bridge:
+        threads = ThreadMeter(bridge.process.pid)
         meters = [CpuMeter(bridge.process.pid, descendants=True),
                   *(CpuMeter(pid) for pid in (stack.model_pid, stack.kafka.process.pid, os.getpid()))]
         clock = time.monotonic()
@@ -174,11 +217,12 @@ def run_bridge(stack, case: Case, urls: list[str], flags: list[str], root: Path 
         if len(outputs) < case.records:
             raise SystemExit(f"only {len(outputs)}/{case.records} outputs after 900 s:\n{bridge.log()[-2000:]}")
         cpu_ms = [meter.ms_per(case.records) for meter in meters]
+        thread_ms = threads.ms_per(case.records)
         rss = max(peak_rss_mib(pid) for pid in [bridge.process.pid, *children(bridge.process.pid)])
         started = logged_at(bridge.log(), "assigned")
     finished = max(message.timestamp()[1] for message in outputs) / 1000
     return BridgeRun(case.records / (finished - started), *cpu_ms, rss,
-                     cores_busy=sum(cpu_ms) * case.records / 1000 / wall)
+                     cores_busy=sum(cpu_ms) * case.records / 1000 / wall, bridge_threads_ms=thread_ms)
 
 
 # --- the transform alone, and the demo's pattern -------------------------------------------------------------------
@@ -352,6 +396,9 @@ def run_case(stack, name: str, case: Case, variants: bool) -> dict:
               f"ms/record: bridge {run.bridge_cpu_ms:.2f}, model server {run.server_cpu_ms:.2f}, broker "
               f"{run.broker_cpu_ms:.2f}, image server and reader {run.harness_cpu_ms:.2f} ({run.cores_busy:.1f} "
               f"cores busy); bridge peak RSS {run.bridge_rss_mib:.0f} MiB", flush=True)
+        if label == "defaults":
+            print("    the bridge's threads, CPU ms/record: " + ", ".join(
+                f"{group} {ms:.2f}" for group, ms in run.bridge_threads_ms.items() if ms >= 0.01), flush=True)
     demo = run_one_at_a_time(stack, case, urls)
     defaults = runs["defaults"]
     print(f"  one record at a time (the demo pattern): {demo:.1f} records/s; the bridge does "
@@ -372,6 +419,8 @@ def run_case(stack, name: str, case: Case, variants: bool) -> dict:
                            "broker_cpu_ms_per_record": round(run.broker_cpu_ms, 2),
                            "harness_cpu_ms_per_record": round(run.harness_cpu_ms, 2),
                            "cores_busy": round(run.cores_busy, 2),
+                           "bridge_threads_cpu_ms_per_record": {group: round(ms, 3) for group, ms
+                                                                in run.bridge_threads_ms.items()},
                            "bridge_peak_rss_mib": round(run.bridge_rss_mib)} for label, run in runs.items()},
         "latency_ms": {"p50": round(p50), "p99": round(p99), "max": round(latencies[-1]),
                        "at_records_per_s": round(defaults.rate / 2, 1), "p99_target": round(target)},
