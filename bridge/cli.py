@@ -19,6 +19,7 @@ from bridge import __version__
 from bridge.config import ArgumentParser, Settings, add_settings_arguments, settings_from_args
 from bridge.errors import BridgeError, ConfigError, FatalKafkaError, ModelServerUnavailable
 from bridge.model.client import ModelServerClient
+from bridge.ops.logs import configure_logging
 from bridge.redact import redact_text
 
 PROG = "tfs-bridge"
@@ -84,26 +85,8 @@ def _one_line(text: str) -> str:
 
 # --- run ---------------------------------------------------------------------------------------------------
 
-class OneLineFormatter(logging.Formatter):
-    """time level logger message, with any traceback folded onto the same line, and every URL in it redacted
-    (no user info or query string reaches a log, whichever library logged it)."""
-
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
-
-    def format(self, record: logging.LogRecord) -> str:
-        return redact_text(super().format(record).replace("\n", " | "))
-
-
-def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(OneLineFormatter())
-    logging.basicConfig(level=level, handlers=[handler], force=True)
-    logging.getLogger("urllib3").setLevel(max(logging.getLevelName(level), logging.INFO))  # no per-request lines
-
-
 def run(settings: Settings) -> int:
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     from bridge.loop.run import run_bridge  # imported late: the run loop and its dependencies load only for `run`
 
     return run_bridge(settings)
@@ -113,7 +96,7 @@ def run(settings: Settings) -> int:
 
 def check(settings: Settings) -> int:
     """Print one OK/FAIL line per check; 0 when all pass."""
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     passed = True
     for ok, line in (*_check_kafka(settings), *_check_model(settings)):
         print(f"{'OK' if ok else 'FAIL':<4} {_one_line(line)}", flush=True)

@@ -32,6 +32,7 @@ from bridge.records import DEFAULT_MAX_MESSAGE_BYTES
 ENV_PREFIX = "TFS_BRIDGE_"
 LIBRDKAFKA_SESSION_TIMEOUT_MS = 45000  # librdkafka's default session.timeout.ms
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
 
 
 # --- value kinds: how text becomes a value, and which values are valid --------------------------------------
@@ -99,6 +100,9 @@ SCALE = Kind("must be a positive number (e.g. 0.5 or 1/255)", _number,
 NUMBER = Kind("must be a finite number", _number, lambda v: isinstance(v, (int, float)) and math.isfinite(v))
 LOG_LEVEL = Kind(f"must be one of {', '.join(LOG_LEVELS)}", lambda raw: raw.strip().upper(),
                  lambda v: v in LOG_LEVELS)
+LOG_FORMAT = Kind(f"must be one of {', '.join(LOG_FORMATS)}", lambda raw: raw.strip().lower(),
+                  lambda v: v in LOG_FORMATS)
+PORT = Kind("must be a TCP port (0 to 65535)", int, lambda v: _is_int(v) and 0 <= v <= 65535)
 FILE = Kind("must be a readable file", _optional(lambda raw: Path(raw.strip())), _readable_file)
 
 
@@ -218,8 +222,15 @@ class Settings:
                                     "past it the bridge exits 1")
     startup_timeout_ms: int = setting(60000, NON_NEGATIVE, "how long `run` waits for the model server at start")
     shutdown_timeout_ms: int = setting(30000, POSITIVE, "how long shutdown may take to finish the open batch")
+    # Operations
     log_level: str = setting("INFO", LOG_LEVEL, "log level")
-    metrics_interval_ms: int = setting(10000, NON_NEGATIVE, "how often throughput is logged; 0: never")
+    log_format: str = setting("text", LOG_FORMAT, "log lines as text, or as one JSON object each")
+    progress_interval_ms: int = setting(10000, NON_NEGATIVE, "how often the progress line (rate, lag, dead "
+                                        "letters, paused) is logged; 0: never")
+    metrics_port: int = setting(9464, PORT, "HTTP port of /metrics (Prometheus), /livez and /readyz; 0: none")
+    metrics_host: str = setting("0.0.0.0", TEXT, "address the metrics port listens on")
+    liveness_timeout_ms: int = setting(90000, POSITIVE, "how long the loop may go without a turn before /livez "
+                                       "fails; must exceed --kafka-timeout-ms")
 
     def __post_init__(self) -> None:
         if isinstance(self.log_level, str):
@@ -253,6 +264,10 @@ class Settings:
                 f"{_names('max_poll_interval_ms')} must exceed 3 x --grpc-timeout-ms ({3 * self.grpc_timeout_ms}), "
                 f"got '{self.max_poll_interval_ms}': a health check of the model server can take that long "
                 "between polls, and Kafka evicts a consumer after max.poll.interval.ms")
+        if self.liveness_timeout_ms <= self.kafka_timeout_ms:
+            raise ConfigError(
+                f"{_names('liveness_timeout_ms')} must exceed {_names('kafka_timeout_ms')} ({self.kafka_timeout_ms}), "
+                f"got '{self.liveness_timeout_ms}': one Kafka call may hold the loop that long")
         if self.commit_interval_ms >= self.transaction_timeout_ms:
             raise ConfigError(
                 f"{_names('commit_interval_ms')} must be less than {_names('transaction_timeout_ms')} "

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
+
 from bridge.errors import InvalidRecord, OutputError, RecordError
 from bridge.redact import redact_text, redact_url
 
@@ -40,10 +42,13 @@ class Record:
     offset: int
     key: bytes | None
     value: bytes | None
+    timestamp: float | None = None  # the record's Kafka timestamp, in seconds since the epoch
 
     @classmethod
     def from_message(cls, message: Any) -> Record:
-        return cls(message.topic(), message.partition(), message.offset(), message.key(), message.value())
+        kind, millis = message.timestamp()
+        return cls(message.topic(), message.partition(), message.offset(), message.key(), message.value(),
+                   millis / 1000 if kind != TIMESTAMP_NOT_AVAILABLE else None)
 
     def source(self) -> dict[str, Any]:
         return {"topic": self.topic, "partition": self.partition, "offset": self.offset}
@@ -177,6 +182,7 @@ class OutputMessage:
     is_result: bool
     value: bytes
     headers: list[tuple[str, bytes]] | None = None
+    failure: tuple[str, str] | None = None  # a dead letter's (stage, type)
 
     def size(self) -> int:
         """An upper bound of its size as one Kafka record, as message.max.bytes counts it."""
@@ -197,13 +203,14 @@ def encode(outcome: Outcome, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Outp
 
 def encode_dead_letter(letter: DeadLetter, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> OutputMessage:
     """The dead letter as a Kafka record, its original value cut further when even the usual cut is too large."""
-    message = OutputMessage(letter.record, False, letter.value(), letter.headers())
+    message = OutputMessage(letter.record, False, letter.value(), letter.headers(), (letter.stage, letter.error_type))
     return message if message.size() <= max_bytes else encode_short_dead_letter(letter)
 
 
 def encode_short_dead_letter(letter: DeadLetter) -> OutputMessage:
     """The dead letter in its smallest form: the original value cut to 1 KiB."""
-    return OutputMessage(letter.record, False, letter.value(keep_bytes=SHORT_DEAD_LETTER_VALUE), letter.headers())
+    return OutputMessage(letter.record, False, letter.value(keep_bytes=SHORT_DEAD_LETTER_VALUE), letter.headers(),
+                         (letter.stage, letter.error_type))
 
 
 def original_value(value: bytes | None) -> str | dict[str, str] | None:

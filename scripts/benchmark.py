@@ -178,7 +178,7 @@ def fill(stack, topic: str, urls: list[str], records: int) -> None:
 def running_bridge(stack, case: Case, topics: dict[str, str], flags: list[str], root: Path = ROOT):
     with stack.bridge("--input-topic", topics["input"], "--output-topic", topics["output"],
                       "--dead-letter-topic", topics["dead"], "--group-id", f"bench-{topics['input']}",
-                      "--model-name", case.model, "--metrics-interval-ms", "0", *flags,
+                      "--model-name", case.model, "--progress-interval-ms", "0", *flags,
                       log_name=f"{topics['input']}.log", root=root,
                       allow_local_images=has_address_policy(root)) as bridge:
         bridge.wait_for_log("assigned", timeout=120)

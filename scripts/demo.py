@@ -29,7 +29,7 @@ def main() -> int:
         bootstrap = stack.kafka.bootstrap_servers
         print(f"Kafka on {bootstrap}, model server on {stack.model_address}, images on {stack.digits.server.base_url}")
         urls = list(stack.digits.labels)
-        with stack.bridge("--metrics-interval-ms", "0") as bridge:
+        with stack.bridge("--progress-interval-ms", "0") as bridge:
             producer = Producer({"bootstrap.servers": bootstrap, "log_level": 3})
             for value in urls + BAD_RECORDS:
                 producer.produce(TOPICS["input"], value.encode())

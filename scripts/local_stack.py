@@ -107,8 +107,10 @@ class LocalStack:
         allow_local_images: open the address policy for 127.0.0.1, where the sample images are served.
         root: the checkout whose bridge runs (for comparisons with an older commit)."""
         local = ("--fetch-allow", "127.0.0.1") if allow_local_images else ()
+        # No metrics port unless asked for: a stack may run several bridges (an older commit knows no such flag).
+        quiet = ("--metrics-port", "0") if root == ROOT else ()
         bridge = BridgeProcess(self.work_dir / log_name, "--bootstrap-servers", self.kafka.bootstrap_servers,
-                               "--model-server", self.model_address, *local, *flags, root=root).start()
+                               "--model-server", self.model_address, *local, *quiet, *flags, root=root).start()
         try:
             yield bridge
         finally:

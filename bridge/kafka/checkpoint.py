@@ -48,7 +48,7 @@ class Checkpoint:
         self.producer = producer
         self.consumer = consumer
         self.topics = topics
-        self.pending = 0  # records in the open transaction
+        self.produced: list[OutputMessage] = []  # what the open transaction holds, as sent
         self._undelivered = 0  # delivery reports with an error, in the open transaction
         # Records whose result the broker refused, by (topic, partition, offset): dead letters when redone.
         self.refused: dict[tuple[str, int, int], str] = {}
@@ -62,10 +62,14 @@ class Checkpoint:
             self.producer.begin()
         for message in messages:
             self._produce(message)
-            self.pending += 1
         self.producer.serve_deliveries()
         if self._undelivered:
             raise TransactionAborted(f"{self._undelivered} record(s) of the transaction could not be delivered")
+
+    @property
+    def pending(self) -> int:
+        """Records in the open transaction."""
+        return len(self.produced)
 
     def _produce(self, message: OutputMessage) -> None:
         coordinates = _coordinates(message.record)
@@ -74,7 +78,9 @@ class Checkpoint:
         try:
             self._send(message)
         except OutputError as error:  # the producer refused this record alone: its dead letter instead
-            self._send(self._refused_letter(message.record, str(error)))
+            message = self._refused_letter(message.record, str(error))
+            self._send(message)
+        self.produced.append(message)
 
     def _send(self, message: OutputMessage) -> None:
         record = message.record
@@ -97,16 +103,18 @@ class Checkpoint:
                 self.refused[_coordinates(record)] = f"Kafka refused the result: {error.str()}"
         return report
 
-    def commit(self, positions: Mapping[PartitionKey, int]) -> None:
-        """Commit the produced outcomes with the input positions. TransactionAborted: the caller aborts and
-        rewinds."""
+    def commit(self, positions: Mapping[PartitionKey, int]) -> list[OutputMessage]:
+        """Commit the produced outcomes with the input positions; returns the messages committed.
+        TransactionAborted: the caller aborts and rewinds."""
         if not self.producer.in_transaction:
-            return
+            return []
         offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in positions.items()]
         self.producer.send_offsets(offsets, self.consumer.group_metadata())
         self.producer.commit()
         self.producer.serve_deliveries()
+        committed = self.produced
         self._clear()
+        return committed
 
     def abort(self) -> None:
         """Abort the open transaction, if any; its outcomes never become visible."""
@@ -115,7 +123,7 @@ class Checkpoint:
         self._clear()
 
     def _clear(self) -> None:
-        self.pending = 0
+        self.produced = []
         self._undelivered = 0
 
 

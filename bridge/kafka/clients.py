@@ -260,6 +260,20 @@ class ReadCommittedConsumer:
         """The group's committed offset per partition (negative when none is committed)."""
         return {(tp.topic, tp.partition): tp.offset for tp in self._consumer.committed(list(partitions), timeout)}
 
+    def positions(self) -> dict[PartitionKey, int]:
+        """The read position of each assigned partition that has one (no network call)."""
+        return {(tp.topic, tp.partition): tp.offset for tp in self._consumer.position(self.assignment())
+                if tp.offset >= 0}
+
+    def high_watermarks(self) -> dict[PartitionKey, int]:
+        """The high watermark of each assigned partition, as of the last fetch (no network call)."""
+        marks = {}
+        for tp in self.assignment():
+            _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            if high >= 0:
+                marks[(tp.topic, tp.partition)] = high
+        return marks
+
     def seek(self, offsets: Mapping[PartitionKey, int]) -> None:
         """Move the read position of assigned partitions, e.g. back to the committed offsets after an abort."""
         for (topic, partition), offset in offsets.items():

@@ -25,6 +25,7 @@ from typing import Any
 from bridge.errors import SystemFailure, UnexpectedRecordError
 from bridge.images.fetch import ImageFetcher
 from bridge.images.decode_pool import DecodePool
+from bridge.ops.metrics import BridgeMetrics
 from bridge.images.preprocess import Preprocessor
 from bridge.loop.isolation import isolate
 from bridge.model.predictor import Classified, PreparedImage, Predictor
@@ -69,13 +70,15 @@ class _Item:
 class Pipeline:
     def __init__(self, fetcher: ImageFetcher, preprocessor: Preprocessor | DecodePool, predictor: Predictor,
                  batching: BatchingPolicy = BatchingPolicy(), fetch_concurrency: int = 16,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, metrics: BridgeMetrics | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.fetcher = fetcher
         self.preprocessor = preprocessor
         self.predictor = predictor
         self.batching = batching
         self.max_message_bytes = max_message_bytes
+        self.metrics = metrics or BridgeMetrics()
+        self.metrics.in_flight.set_function(self.predicting)
         self.clock = clock
         self.completions: queue.SimpleQueue[Completion | Failure] = queue.SimpleQueue()
         self._loaders = ThreadPoolExecutor(fetch_concurrency, thread_name_prefix="fetch")
@@ -145,10 +148,15 @@ class Pipeline:
             record = item.record
             began = self.clock()
             data = isolate("fetch", record, lambda: self.fetcher.fetch(item.request.url))
+            fetched = self.clock()
+            self.metrics.stage_seconds.labels("fetch").observe(fetched - began)
             log.debug("fetch for %s[%d]@%d took %.0f ms: %s", record.topic, record.partition, record.offset,
-                      (self.clock() - began) * 1000, data.error_type if isinstance(data, DeadLetter) else "ok")
-            image = data if isinstance(data, DeadLetter) else isolate(
-                "preprocess", record, lambda: self.preprocessor.prepare(data))  # type: ignore[arg-type]
+                      (fetched - began) * 1000, data.error_type if isinstance(data, DeadLetter) else "ok")
+            if isinstance(data, DeadLetter):
+                image: PreparedImage | DeadLetter = data
+            else:
+                image = isolate("preprocess", record, lambda: self.preprocessor.prepare(data))  # type: ignore[arg-type]
+                self.metrics.stage_seconds.labels("preprocess").observe(self.clock() - fetched)
             if isinstance(image, DeadLetter):
                 self.completions.put(Completion(record, item.tag, image))
             else:
@@ -215,8 +223,11 @@ class Pipeline:
             self._predicted()
 
     def _complete(self, items: list[_Item]) -> None:
+        self.metrics.batch_size.observe(len(items))
+        began = self.clock()
         try:
             answers: list = self.predictor.predict([item.image for item in items])  # type: ignore[misc]
+            self.metrics.stage_seconds.labels("predict").observe(self.clock() - began)
         except SystemFailure as exc:
             self.completions.put(Failure(exc))
             return

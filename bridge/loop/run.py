@@ -38,7 +38,8 @@ from bridge.errors import (BridgeError, ConfigError, FatalKafkaError, ModelServe
                            ModelUnusable, SignatureError, TransactionAborted)
 from bridge.images.fetch import FetchLimits, ImageFetcher
 from bridge.kafka.clients import PartitionKey, ReadCommittedConsumer, TransactionalProducer
-from bridge.ops.metrics import Throughput
+from bridge.ops.health import Health, HealthServer
+from bridge.ops.metrics import BridgeMetrics, Progress
 from bridge.model.client import ModelServerClient
 from bridge.loop.pause import PauseState
 from bridge.loop.pipeline import BatchingPolicy, Failure, Pipeline
@@ -88,7 +89,8 @@ def model_client(settings: Settings) -> ModelServerClient:
                              timeout=settings.seconds("grpc_timeout_ms"), credentials=settings.grpc_credentials())
 
 
-def wait_for_model(client: ModelServerClient, timeout: float, stop: StopSignal) -> ImageSignature | None:
+def wait_for_model(client: ModelServerClient, timeout: float, stop: StopSignal,
+                   health: Health | None = None) -> ImageSignature | None:
     """Check the model and read its signature before consuming anything; None if stopped while waiting.
 
     NOT_FOUND / FAILED_PRECONDITION / INVALID_ARGUMENT (e.g. an unknown version label) / an unusable signature
@@ -96,6 +98,8 @@ def wait_for_model(client: ModelServerClient, timeout: float, stop: StopSignal) 
     """
     deadline = time.monotonic() + timeout
     while not stop.is_set():
+        if health is not None:
+            health.beat()  # waiting on purpose is not being stuck
         try:
             if any(status.state == "AVAILABLE" for status in client.status()):
                 return client.signature()
@@ -113,7 +117,8 @@ def wait_for_model(client: ModelServerClient, timeout: float, stop: StopSignal) 
 
 class BridgeLoop:
     def __init__(self, settings: Settings, consumer_factory: Callable[..., ReadCommittedConsumer],
-                 producer: TransactionalProducer, pipeline: Pipeline, stop: StopSignal) -> None:
+                 producer: TransactionalProducer, pipeline: Pipeline, stop: StopSignal,
+                 health: Health | None = None) -> None:
         self.settings = settings
         self.producer = producer
         self.pipeline = pipeline
@@ -121,7 +126,11 @@ class BridgeLoop:
         self.pause = PauseState(settings.seconds("resume_check_interval_ms"), settings.seconds("max_pause_ms"))
         self.window = InFlightWindow(settings.window_records, settings.window_bytes)
         self.broken = False  # set when an error escapes run(): close() must then abort, not commit
-        self.metrics = Throughput(settings.seconds("metrics_interval_ms"))
+        self.metrics = pipeline.metrics
+        self.metrics.window_records.set_function(lambda: self.window.records)
+        self.progress = Progress(self.metrics, settings.seconds("progress_interval_ms"))
+        self.health = health or Health(settings.seconds("liveness_timeout_ms"))
+        self._lag_due = 0.0
         self.consumer = consumer_factory(on_assign=self._on_assign, on_revoke=self._on_revoke,
                                          on_lost=self._on_lost)
         self.checkpoint = Checkpoint(producer, self.consumer, self._output_topics())
@@ -154,9 +163,12 @@ class BridgeLoop:
         self._finish()
 
     def _turn(self) -> None:
+        self.health.beat()
+        _test_hook_block()
         busy = self.window.records > 0
         room = max(1, min(POLL_BATCH, self.window.max_records - self.window.records))
         messages = self.consumer.poll_batch(room, POLL_BUSY if busy else POLL_IDLE)
+        self.metrics.records_consumed.inc(len(messages))
         self._admit([Record.from_message(m) for m in messages])
         self._take_completions()
         self._produce_ready()
@@ -165,7 +177,8 @@ class BridgeLoop:
         self._apply_pause()
         if self.checkpoint.pending and time.monotonic() - self._last_commit >= self.commit_interval:
             self._commit()
-        self.metrics.maybe_log()
+        self._update_lag()
+        self.progress.maybe_log()
 
     def _admit(self, records: list[Record]) -> None:
         if self._input_paused and records:
@@ -187,8 +200,7 @@ class BridgeLoop:
                 self._model_failed(done)
                 continue
             message = self.pipeline.encode(done.outcome)  # a result too large for Kafka is a dead letter now
-            if self.window.finish(done.record, done.tag, message):
-                self.metrics.processed(message)
+            self.window.finish(done.record, done.tag, message)
 
     def _produce_ready(self) -> None:
         ready = self.window.ready()
@@ -204,16 +216,20 @@ class BridgeLoop:
         # commit, not the interval plus two.
         self._last_commit = time.monotonic()
         try:
-            self.checkpoint.commit(self.window.frontier())
+            committed = self.checkpoint.commit(self.window.frontier())
         except TransactionAborted as exc:
             log.warning("transaction aborted (%s); redoing %d records", exc, pending)
             self._abort_and_rewind()
         else:
             self.window.committed()
-            self.metrics.committed(pending)
-            log.debug("committed %d records in %.1f ms", pending, (time.monotonic() - self._last_commit) * 1000)
+            took = time.monotonic() - self._last_commit
+            if committed:
+                self.metrics.committed(committed)
+                self.metrics.stage_seconds.labels("commit").observe(took)
+            log.debug("committed %d records in %.1f ms", pending, took * 1000)
 
     def _abort_and_rewind(self) -> None:
+        self.metrics.transactions.labels("aborted").inc()
         self.checkpoint.abort()
         self.consumer.seek(self.window.restart())
 
@@ -242,6 +258,8 @@ class BridgeLoop:
             log.warning("model server fails as a whole (%s): pausing input; nothing is dead-lettered",
                         failure.error)
         self.pause.pause(str(failure.error))
+        self.metrics.set_paused("model_unusable", True)
+        self.health.problem("model", f"the model server fails as a whole: {failure.error}")
 
     def _check_model(self) -> None:
         if not self.pause.check_due():
@@ -253,21 +271,39 @@ class BridgeLoop:
             log.info("model server still failing (%s); input stays paused", exc)
             return
         paused_for = self.pause.resumed()
+        self.metrics.set_paused("model_unusable", False)
+        self.health.problem("model", None)
         log.info("model server serves again (a Predict succeeded): resuming input after %.1f s", paused_for)
 
     def _apply_pause(self) -> None:
         # Paused partitions return nothing, but polling keeps the group membership alive.
-        wanted = self.pause.paused or self.window.full()
+        full = self.window.full()
+        self.metrics.set_paused("window_full", full and not self.pause.paused)
+        wanted = self.pause.paused or full
         if wanted != self._input_paused:
             (self.consumer.pause if wanted else self.consumer.resume)(self.consumer.assignment())
             self._input_paused = wanted
 
+    def _update_lag(self) -> None:
+        """kafka_consumergroup_lag of the partitions this instance owns, every few seconds."""
+        now = time.monotonic()
+        if now < self._lag_due:
+            return
+        self._lag_due = now + LAG_INTERVAL
+        committed = {**self.consumer.positions(), **self.window.rewind_points()}
+        lags = {key: max(0, high - committed[key]) for key, high in self.consumer.high_watermarks().items()
+                if key in committed}
+        self.metrics.set_lag(self.settings.group_id, lags)
+
     # --- rebalance callbacks, run inside poll() -------------------------------------------------------------
 
     def _on_assign(self, partitions: list[TopicPartition]) -> None:
+        self.metrics.rebalances.labels("assigned").inc()
+        self._lag_due = 0.0  # the new partitions' lag at the next turn
         log.info("assigned %s", _describe(partitions))
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
+        self.metrics.rebalances.labels("revoked").inc()
         log.info("revoked %s", _describe(partitions))
         revoked = [(tp.topic, tp.partition) for tp in partitions]
         if self.broken:
@@ -282,6 +318,8 @@ class BridgeLoop:
 
     def _on_lost(self, partitions: list[TopicPartition]) -> None:
         log.warning("lost %s: aborting the open transaction", _describe(partitions))
+        self.metrics.rebalances.labels("lost").inc()
+        self.metrics.transactions.labels("aborted").inc()
         lost = {(tp.topic, tp.partition) for tp in partitions}
         self.checkpoint.abort()
         self.window.drop(lost)
@@ -289,9 +327,38 @@ class BridgeLoop:
         self._input_paused = False
 
 
+LAG_INTERVAL = 5.0  # seconds between updates of kafka_consumergroup_lag
 POLL_BATCH = 500
 POLL_BUSY = 0.005  # seconds: outcomes are waiting to be taken
 POLL_IDLE = 0.1
+
+
+def watch_model_status(client: ModelServerClient, health: Health, interval: float, stop: threading.Event) -> None:
+    """Until stopped, ask every `interval` whether the model has an AVAILABLE version, for /readyz: an idle
+    bridge learns that its model server is down before a record needs it."""
+    while not stop.wait(interval):
+        try:
+            available = any(status.state == "AVAILABLE" for status in client.status(timeout=interval))
+            health.problem("model status", None if available else f"{client.target.describe()} is not AVAILABLE")
+        except ModelServerError as exc:
+            health.problem("model status", str(exc))
+
+
+def _served_version(client: ModelServerClient) -> int | str:
+    """The newest AVAILABLE version, for the model info metric ("unknown" if the server does not say)."""
+    try:
+        versions = [status.version for status in client.status() if status.state == "AVAILABLE"]
+    except ModelServerError:
+        return "unknown"
+    return max(versions) if versions else "unknown"
+
+
+def _test_hook_block() -> None:
+    """For tests of /livez only: while the file BRIDGE_TEST_BLOCK_LOOP_FILE names exists, the loop stands
+    still."""
+    path = os.environ.get("BRIDGE_TEST_BLOCK_LOOP_FILE")
+    while path and os.path.exists(path):
+        time.sleep(0.1)
 
 
 def _first_offsets(records: list[Record]) -> dict[PartitionKey, int]:
@@ -306,8 +373,9 @@ def _describe(partitions: list[TopicPartition]) -> str:
 
 
 def build_pipeline(settings: Settings, client: ModelServerClient, signature: ImageSignature,
-                   interrupt: threading.Event) -> Pipeline:
+                   interrupt: threading.Event, metrics: BridgeMetrics | None = None) -> Pipeline:
     """The transform as the settings describe it: fetcher, preprocessor, predictor and their stages."""
+    metrics = metrics or BridgeMetrics()
     scaling = ScaleSpec(settings.input_scale, settings.input_offset)
     preprocessor = Preprocessor(signature, scaling, max_pixels=settings.max_image_pixels,
                                 max_decodes=settings.max_decodes)
@@ -322,23 +390,51 @@ def build_pipeline(settings: Settings, client: ModelServerClient, signature: Ima
         max_redirects=settings.fetch_max_redirects), settings.address_policy(), pool_size=settings.fetch_concurrency)
     predictor = Predictor(client, signature, preprocessor.prepare(probe_png()), top_k=settings.top_k, retry=RetryPolicy(
         budget=settings.seconds("retry_budget_ms"), initial_backoff=settings.seconds("retry_initial_backoff_ms"),
-        max_backoff=settings.seconds("retry_max_backoff_ms")), interrupt=interrupt)
+        max_backoff=settings.seconds("retry_max_backoff_ms")), interrupt=interrupt,
+        on_retry=lambda code: metrics.retries.labels(code).inc())
     return Pipeline(fetcher, decoder, predictor, BatchingPolicy(
         settings.max_batch_size, settings.seconds("batch_linger_ms"), settings.max_in_flight),
-        fetch_concurrency=settings.fetch_concurrency, max_message_bytes=settings.max_message_bytes())
+        fetch_concurrency=settings.fetch_concurrency, max_message_bytes=settings.max_message_bytes(),
+        metrics=metrics)
 
 
 def run_bridge(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code. Raises ConfigError / BridgeError for the CLI."""
     stop = StopSignal(settings.seconds("shutdown_timeout_ms"))
     stop.install()
+    metrics = BridgeMetrics()
+    health = Health(settings.seconds("liveness_timeout_ms"))
+    server = start_health_server(settings, health, metrics)
+    try:
+        return _run(settings, stop, metrics, health)
+    finally:
+        if server is not None:
+            server.close()
+
+
+def start_health_server(settings: Settings, health: Health, metrics: BridgeMetrics) -> HealthServer | None:
+    """/metrics, /livez and /readyz on --metrics-port (none when it is 0)."""
+    if not settings.metrics_port:
+        return None
+    try:
+        return HealthServer(settings.metrics_host, settings.metrics_port, health, metrics.registry).start()
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {settings.metrics_host}:{settings.metrics_port} "
+                          f"(--metrics-port): {exc.strerror or exc}") from None
+
+
+def _run(settings: Settings, stop: StopSignal, metrics: BridgeMetrics, health: Health) -> int:
     client = model_client(settings)
-    signature = wait_for_model(client, settings.seconds("startup_timeout_ms"), stop)
+    signature = wait_for_model(client, settings.seconds("startup_timeout_ms"), stop, health)
     if signature is None:
         client.close()
         return 0
     log.info("model ready: %s", signature.describe())
-    pipeline = build_pipeline(settings, client, signature, stop.event)
+    metrics.set_model(settings.model_name, _served_version(client), signature.name)
+    health.problem("model", None)
+    pipeline = build_pipeline(settings, client, signature, stop.event, metrics)
+    threading.Thread(target=watch_model_status, args=(client, health, settings.seconds("resume_check_interval_ms"),
+                                                      stop.event), name="model-status", daemon=True).start()
     kafka_timeout = settings.seconds("kafka_timeout_ms")
     producer = TransactionalProducer(settings.producer_config(), settings.derived_transactional_id(), kafka_timeout)
 
@@ -350,7 +446,8 @@ def run_bridge(settings: Settings) -> int:
     kafka_usable = True
     try:
         producer.init()
-        loop = BridgeLoop(settings, consumer_factory, producer, pipeline, stop)
+        loop = BridgeLoop(settings, consumer_factory, producer, pipeline, stop, health)
+        health.problem("kafka", None)  # in the group: partitions assigned, or being waited for
         loop.run()
     except FatalKafkaError:
         kafka_usable = False  # closing a fenced or hung client could block: leave that to the process exit

@@ -7,6 +7,7 @@
     frontier()             -> per partition, the position after the last record handed out by ready(): what the
                               transaction commits
     committed()            -> the transaction committed: the frontier is the new rewind point
+    rewind_points()        -> per partition, the first offset not committed
     restart()              -> the transaction was aborted (or the model failed): forget everything not committed,
                               bump the generations, and return where to seek each partition back to
     drop(partitions)       -> revoked or lost: forget those partitions
@@ -97,6 +98,10 @@ class InFlightWindow:
     def frontier(self) -> dict[PartitionKey, int]:
         """The positions to commit: per partition with outcomes handed out since the last commit."""
         return {key: part.frontier for key, part in self._partitions.items() if part.frontier > part.rewind}
+
+    def rewind_points(self) -> dict[PartitionKey, int]:
+        """Per partition in the window, the first offset not committed."""
+        return {key: part.rewind for key, part in self._partitions.items()}
 
     def committed(self) -> None:
         for part in self._partitions.values():

@@ -78,9 +78,11 @@ class Predictor:
     def __init__(self, client: ModelServerClient, signature: ImageSignature, probe_image: PreparedImage,
                  top_k: int = 5, retry: RetryPolicy = RetryPolicy(),
                  sleep: Callable[[float], None] | None = None, interrupt: threading.Event | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_retry: Callable[[str], None] = lambda code: None) -> None:
         """probe_image: a prepared image the model is known to classify (images.preprocess.probe_png(), prepared).
-        interrupt: once set (shutdown), retrying stops and ModelUnusable goes up at once."""
+        interrupt: once set (shutdown), retrying stops and ModelUnusable goes up at once.
+        on_retry: told the gRPC code name of each failed call that is retried."""
         self.client = client
         self.signature = signature
         self.probe_image = probe_image
@@ -89,6 +91,7 @@ class Predictor:
         self.interrupt = interrupt or threading.Event()
         self.sleep = sleep or self.interrupt.wait  # an interruptible time.sleep
         self.clock = clock
+        self.on_retry = on_retry
         self.labels = FixedLabels()
 
     def predict(self, images: Sequence[PreparedImage]) -> list[ImageOutcome]:
@@ -181,8 +184,7 @@ class Predictor:
                                                  jitter=self.retry.initial_backoff),
             stop=self._out_of_time(deadline),
             sleep=self.sleep,
-            before_sleep=lambda state: log.warning("Predict failed (%s); retry %d",
-                                                   state.outcome.exception(), state.attempt_number),
+            before_sleep=self._retrying,
             reraise=True,
         )
         try:
@@ -191,6 +193,12 @@ class Predictor:
             raise ModelUnusable(f"model server unavailable beyond the retry budget: {exc}") from exc
         except (ModelServerRefused, ModelNotFound) as exc:
             raise ModelUnusable(str(exc)) from exc
+
+    def _retrying(self, state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        log.warning("Predict failed (%s); retry %d", error, state.attempt_number)
+        code = getattr(error, "code", None)
+        self.on_retry(code.name if code is not None else "UNKNOWN")
 
     def _out_of_time(self, deadline: float) -> Callable[[tenacity.RetryCallState], bool]:
         def stop(state: tenacity.RetryCallState) -> bool:

@@ -43,7 +43,7 @@ def start_bridge(kafka, model_server, topics, tmp_path) -> Iterator[Callable[...
 
     def start(*extra: str, model_address: str | None = None) -> BridgeProcess:
         flags = ["--bootstrap-servers", kafka.bootstrap_servers, "--model-server", model_address or model_server.address,
-                 *topics.flags(), "--metrics-interval-ms", "2000", *LOCAL_IMAGES, *extra]
+                 *topics.flags(), "--progress-interval-ms", "2000", "--metrics-port", "0", *LOCAL_IMAGES, *extra]
         bridge = BridgeProcess(tmp_path / f"bridge-{len(started)}.log", *flags).start()
         started.append(bridge)
         return bridge

@@ -116,6 +116,10 @@ def test_an_image_the_model_rejects_is_isolated_by_bisection(kafka, topics, imag
     assert "INVALID_ARGUMENT" in values(dead)[0]["error"]["message"]
 
 
+def count_outputs(kafka, topics):
+    return len(read_topic(kafka.bootstrap_servers, topics.output, timeout=1))
+
+
 def wait_for_outputs(kafka, topics, at_least, timeout=60.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -172,13 +176,16 @@ def test_a_killed_bridge_restarted_leaves_each_input_exactly_once(
 
 def test_a_second_instance_joining_mid_stream_rebalances_without_loss_or_duplicates(
         kafka, topics, image_server, held_out, start_bridge):
-    truth = send_digits(kafka, topics, image_server, held_out, 600)
+    # Enough records that the stream still flows when the second instance has joined (the loop is fast).
+    truth = send_digits(kafka, topics, image_server, held_out, 3000)
     # Two instances on one host: each needs its own name (its transactional.id and group.instance.id).
     first = start_bridge("--max-batch-size", "8", "--max-in-flight", "1", "--instance-name", "first")
     wait_for_outputs(kafka, topics, 40)
     second = start_bridge("--max-batch-size", "8", "--max-in-flight", "1", "--instance-name", "second")
+    second.wait_for_log(f"assigned {topics.input}[")
+    assert count_outputs(kafka, topics) < 3000  # it joined mid-stream
 
-    outputs, dead = read_outcomes(kafka, topics, expect=600)
+    outputs, dead = read_outcomes(kafka, topics, expect=3000)
 
     assert_exactly_once(outputs, dead, truth)
     assert "revoked" in first.log()

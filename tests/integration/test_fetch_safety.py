@@ -46,7 +46,8 @@ def bridge_on_fresh_topics(kafka, model_server, unique, tmp_path):
         kafka.create_topics({topics.input: 1, topics.output: 1, topics.dead_letters: 1})
         produce(kafka.bootstrap_servers, topics.input, lines, partition=0)
         bridge = BridgeProcess(tmp_path / f"bridge-{name}.log", "--bootstrap-servers", kafka.bootstrap_servers,
-                               "--model-server", model_server.address, *topics.flags(), "--fetch-allow", allow)
+                               "--model-server", model_server.address, *topics.flags(), "--fetch-allow", allow,
+                               "--metrics-port", "0")
         runs.append(bridge.start())
         outcomes = read_outcomes(kafka, topics, expect=len(lines), timeout=60)
         assert bridge.terminate() == 0

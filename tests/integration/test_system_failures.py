@@ -102,7 +102,7 @@ def test_a_broker_restart_mid_stream_neither_hangs_nor_loses_or_doubles(tmp_path
         truth = send_digits(broker, topics, image_server, held_out, 1500)
         flags = ["--bootstrap-servers", broker.bootstrap_servers, "--model-server", model_server.address,
                  *topics.flags(), *LOCAL_IMAGES, "--max-batch-size", "8", "--max-in-flight", "1",
-                 "--kafka-timeout-ms", "10000"]
+                 "--kafka-timeout-ms", "10000", "--metrics-port", "0"]
         bridge = BridgeProcess(tmp_path / "bridge.log", *flags).start()
         wait_for_outputs(broker, topics, 50)
         broker.restart(down_for=8)
@@ -142,7 +142,7 @@ def test_sigterm_is_honoured_within_the_shutdown_timeout_while_kafka_is_gone(tmp
         send_digits(broker, topics, image_server, held_out, 3000)
         bridge = BridgeProcess(tmp_path / "bridge.log", "--bootstrap-servers", broker.bootstrap_servers,
                                "--model-server", model_server.address, *topics.flags(), *LOCAL_IMAGES,
-                               "--max-batch-size", "8", "--shutdown-timeout-ms", "5000").start()
+                               "--max-batch-size", "8", "--shutdown-timeout-ms", "5000", "--metrics-port", "0").start()
         wait_for_outputs(broker, topics, 50)
         broker.stop()  # gone for good: every Kafka call from now on waits on a broker that never answers
         time.sleep(3)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bridge import cli
+from bridge.ops.logs import OneLineFormatter
 from bridge.config import Settings
 from bridge.errors import FatalKafkaError, ModelGone, ModelNotFound, ModelServerUnavailable
 from bridge.model.client import VersionStatus
@@ -105,13 +106,33 @@ def test_help_and_version_exit_0(capsys):
     assert capsys.readouterr().out.startswith("tfs-bridge ")
 
 
+def test_json_log_lines_parse_and_carry_the_redacted_message_and_traceback():
+    import json
+
+    from bridge.ops.logs import JsonFormatter
+
+    record = logging.LogRecord("bridge.images.fetch", logging.WARNING, __file__, 1,
+                               "fetch of %s failed", ("https://user:secret@h/x.png?sig=abc",), None)
+    try:
+        raise ValueError("boom at https://user:secret@h/y.png?token=t")
+    except ValueError:
+        record.exc_info = sys.exc_info()
+    line = JsonFormatter().format(record)
+    parsed = json.loads(line)
+    assert "\n" not in line
+    assert parsed["level"] == "WARNING" and parsed["logger"] == "bridge.images.fetch"
+    assert parsed["message"].startswith("fetch of https://h/x.png") and "boom" in parsed["exception"]
+    assert "secret" not in line and "sig=abc" not in line and "token=t" not in line
+    assert parsed["time"].endswith("+00:00")
+
+
 def test_log_lines_are_one_line_each():
     record = logging.LogRecord("bridge.loop.run", logging.ERROR, __file__, 1, "batch failed", None, None)
     try:
         raise ValueError("boom")
     except ValueError:
         record.exc_info = sys.exc_info()
-    line = cli.OneLineFormatter().format(record)
+    line = OneLineFormatter().format(record)
     assert "\n" not in line and " ERROR bridge.loop.run batch failed | Traceback" in line and "boom" in line
 
 

@@ -58,7 +58,11 @@ SAMPLES = {
     "startup_timeout_ms": ("0", 0),
     "shutdown_timeout_ms": ("1000", 1000),
     "log_level": ("debug", "DEBUG"),
-    "metrics_interval_ms": ("0", 0),
+    "progress_interval_ms": ("0", 0),
+    "log_format": ("JSON", "json"),
+    "metrics_port": ("0", 0),
+    "metrics_host": ("127.0.0.1", "127.0.0.1"),
+    "liveness_timeout_ms": ("120000", 120000),
 }
 # Settings that only make sense together with another one.
 COMPANIONS = {"grpc_ca_cert": {"grpc_tls": "true"}}
@@ -89,7 +93,7 @@ def test_defaults():
     assert settings.kafka_config == {} and settings.grpc_tls is False and settings.grpc_ca_cert is None
     assert settings.max_batch_size == 32 and settings.input_scale == pytest.approx(1 / 255)
     assert settings.max_poll_interval_ms == 300000 and settings.commit_interval_ms == 100
-    assert settings.log_level == "INFO" and settings.metrics_interval_ms == 10000
+    assert settings.log_level == "INFO" and settings.progress_interval_ms == 10000
 
 
 def test_samples_cover_every_setting():
@@ -187,11 +191,12 @@ def test_kafka_config_values_stay_out_of_repr_and_describe():
 
 @pytest.mark.parametrize("name, text", [
     ("max_batch_size", "0"), ("max_batch_size", "-3"), ("max_batch_size", "many"), ("top_k", "1.5"),
-    ("grpc_timeout_ms", "0"), ("batch_linger_ms", "-1"), ("fetch_max_bytes", "0"), ("metrics_interval_ms", "-1"),
+    ("grpc_timeout_ms", "0"), ("batch_linger_ms", "-1"), ("fetch_max_bytes", "0"), ("progress_interval_ms", "-1"),
     ("input_topic", "bad topic"), ("output_topic", "a/b"),
     ("model_server", "tfserving"), ("model_server", "host:http"), ("model_server", "host:70000"),
     ("bootstrap_servers", "a:1, b:2"), ("model_version", "latest"), ("model_version", "-1"),
     ("input_scale", "0"), ("input_scale", "inf"), ("input_offset", "nan"), ("log_level", "LOUD"),
+    ("log_format", "xml"), ("metrics_port", "65536"), ("metrics_port", "-1"),
     ("grpc_tls", "maybe"), ("grpc_ca_cert", "/nonexistent/ca.pem"),
 ])
 def test_invalid_values_give_one_line_naming_flag_and_env_var(name, text):

@@ -7,6 +7,7 @@ from bridge.config import Settings
 from bridge.errors import ModelUnusable, TransactionAborted
 from bridge.loop.pipeline import Completion, Failure
 from bridge.loop.run import BridgeLoop, StopSignal
+from bridge.ops.metrics import BridgeMetrics
 from bridge.records import DeadLetter, OutputMessage
 
 
@@ -29,6 +30,9 @@ class FakeMessage:
     def value(self):
         return self._value
 
+    def timestamp(self):
+        return 1, 1_700_000_000_000  # TIMESTAMP_CREATE_TIME, in ms
+
 
 class FakeConsumer:
     def __init__(self, callbacks):
@@ -37,6 +41,7 @@ class FakeConsumer:
         self.seeks = []
         self.paused = False
         self.pauses = 0
+        self.highs = {}  # high watermarks, as of the last fetch
 
     def poll_batch(self, max_records, timeout):
         batch, self.waiting = self.waiting[:max_records], self.waiting[max_records:]
@@ -60,6 +65,12 @@ class FakeConsumer:
 
     def group_metadata(self):
         return "metadata"
+
+    def positions(self):
+        return {}
+
+    def high_watermarks(self):
+        return dict(self.highs)
 
 
 class FakeProducer:
@@ -111,6 +122,7 @@ class FakePipeline:
         self.completions = queue.SimpleQueue()
         self.submitted = {}  # (partition, offset) -> tag
         self.predictor = FakePredictor()
+        self.metrics = BridgeMetrics(clock=lambda: 1_700_000_002.5)
 
     def submit(self, record, tag=None):
         self.submitted[(record.partition, record.offset)] = (record, tag)
@@ -121,7 +133,7 @@ class FakePipeline:
 
     def encode(self, outcome):
         body = {"source": outcome.record.source()}
-        return OutputMessage(outcome.record, False, json.dumps(body).encode(), [])
+        return OutputMessage(outcome.record, False, json.dumps(body).encode(), [], ("fetch", "FetchError"))
 
     def stop_accepting(self):
         pass
@@ -138,7 +150,7 @@ def loop(**settings):
         consumers.append(FakeConsumer(callbacks))
         return consumers[0]
 
-    values = {"commit_interval_ms": 0, "resume_check_interval_ms": 1, "metrics_interval_ms": 0, **settings}
+    values = {"commit_interval_ms": 0, "resume_check_interval_ms": 1, "progress_interval_ms": 0, **settings}
     bridge = BridgeLoop(Settings(**values), factory, producer, pipeline, StopSignal())
     return bridge, consumers[0], producer, pipeline
 
@@ -237,3 +249,84 @@ def test_a_model_failing_as_a_whole_keeps_what_is_done_rewinds_the_rest_and_paus
 class _Partition:
     def __init__(self, topic, partition):
         self.topic, self.partition = topic, partition
+
+
+def sample(bridge, name, **labels):
+    value = bridge.metrics.registry.get_sample_value(name, labels or None)
+    return 0.0 if value is None else value
+
+
+def test_outcomes_are_counted_when_their_transaction_commits_and_once_after_an_abort():
+    bridge, consumer, producer, pipeline = loop()
+    poll(bridge, consumer, (0, 0), (0, 1))
+    assert sample(bridge, "tfs_bridge_records_consumed_total") == 2
+    producer.commit_error = TransactionAborted("commit_transaction: abortable")
+    pipeline.finish(0, 0)
+    pipeline.finish(0, 1)
+    bridge._turn()
+    assert sample(bridge, "tfs_bridge_transactions_total", outcome="aborted") == 1
+    assert sample(bridge, "tfs_bridge_dead_letters_total", stage="fetch", type="FetchError") == 0  # not visible
+    poll(bridge, consumer, (0, 0), (0, 1))  # redone after the rewind
+    pipeline.finish(0, 0)
+    pipeline.finish(0, 1)
+    bridge._turn()
+    assert sample(bridge, "tfs_bridge_transactions_total", outcome="committed") == 1
+    assert sample(bridge, "tfs_bridge_dead_letters_total", stage="fetch", type="FetchError") == 2
+    assert sample(bridge, "tfs_bridge_results_total") == 0
+    # The records' Kafka timestamp was 2.5 s before the commit (the fake clocks).
+    assert sample(bridge, "tfs_bridge_end_to_end_seconds_count") == 2
+    assert sample(bridge, "tfs_bridge_end_to_end_seconds_sum") == 5.0
+    assert sample(bridge, "tfs_bridge_stage_seconds_count", stage="commit") == 1
+
+
+def test_lag_is_the_high_watermark_minus_the_committed_position_of_each_owned_partition():
+    bridge, consumer, producer, pipeline = loop()
+    poll(bridge, consumer, (0, 10), (0, 11), (1, 20))
+    pipeline.finish(0, 10)
+    consumer.highs = {("in", 0): 15, ("in", 1): 20}
+    bridge._lag_due = 0
+    bridge._turn()  # committed 0@10: partition 0's position is 11
+    lag = {labels: sample(bridge, "kafka_consumergroup_lag", consumergroup="tfs-bridge", topic="in",
+                          partition=labels) for labels in ("0", "1")}
+    assert lag == {"0": 4, "1": 0}
+    consumer.callbacks["on_revoke"]([_Partition("in", 0), _Partition("in", 1)])
+    consumer.highs = {}
+    bridge._lag_due = 0
+    bridge._turn()
+    assert bridge.metrics.registry.get_sample_value(
+        "kafka_consumergroup_lag", {"consumergroup": "tfs-bridge", "topic": "in", "partition": "0"}) is None
+    assert sample(bridge, "tfs_bridge_rebalances_total", kind="revoked") == 1
+
+
+def test_a_failing_model_shows_as_paused_and_not_ready_until_it_serves_again():
+    import time
+
+    bridge, consumer, producer, pipeline = loop()
+    bridge.health.problem("model", None)
+    bridge.health.problem("kafka", None)
+    assert bridge.health.ready() == (True, [])
+    poll(bridge, consumer, (0, 0))
+    pipeline.predictor.healthy = False
+    pipeline.completions.put(Failure(ModelUnusable("UNAVAILABLE beyond the retry budget")))
+    bridge._turn()
+    assert sample(bridge, "tfs_bridge_input_paused", reason="model_unusable") == 1
+    ready, reasons = bridge.health.ready()
+    assert not ready and "UNAVAILABLE beyond the retry budget" in reasons[0]
+    assert bridge.health.live()[0]  # paused on purpose: alive
+    pipeline.predictor.healthy = True
+    time.sleep(0.01)
+    bridge._turn()
+    assert sample(bridge, "tfs_bridge_input_paused", reason="model_unusable") == 0
+    assert bridge.health.ready() == (True, [])
+
+
+def test_a_full_window_shows_as_paused_for_window_full():
+    bridge, consumer, producer, pipeline = loop(window_records=2)
+    poll(bridge, consumer, (0, 0), (0, 1))
+    assert sample(bridge, "tfs_bridge_input_paused", reason="window_full") == 1
+    assert sample(bridge, "tfs_bridge_window_records") == 2
+    pipeline.finish(0, 0)
+    pipeline.finish(0, 1)
+    bridge._turn()
+    bridge._turn()
+    assert sample(bridge, "tfs_bridge_input_paused", reason="window_full") == 0
