@@ -21,5 +21,7 @@ ENV TFS_BRIDGE_BOOTSTRAP_SERVERS=kafka:29092 \
 
 WORKDIR /home/bridge
 USER 10001
+# /metrics (Prometheus), /livez and /readyz (--metrics-port)
+EXPOSE 9464
 ENTRYPOINT ["tfs-bridge"]
 CMD ["run"]

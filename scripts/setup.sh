@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything the demo and the tests need on a fresh machine, idempotently:
-# a venv in .venv with the bridge and its server/test extras, the Kafka jars (Maven Central), and kcat (Debian).
+# a venv in .venv with the bridge and its server/test extras, the Kafka jars (Maven Central), kcat (Debian), and
+# two Go tools built with the Go module proxy: compose-config (Compose v2's loader) and promtool.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,17 +25,23 @@ fi
 
 .venv/bin/python -m scripts.kafka_local fetch >/dev/null
 
-# Debian packages: kcat (the users' flow) and docker-compose v1 (validates docker-compose.yml; no engine is
-# installed: --no-install-recommends keeps docker.io and containerd out).
+# Debian packages: kcat (the users' flow).
 apt_install() {
     local sudo=""
     if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
     $sudo apt-get install -y -q --no-install-recommends "$@" >/dev/null 2>&1 \
         || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q --no-install-recommends "$@" >/dev/null; }
 }
-for tool in kcat docker-compose; do
+for tool in kcat; do
     if ! command -v "$tool" >/dev/null 2>&1; then
         echo "setup: installing $tool from Debian's packages" >&2
         apt_install "$tool"
     fi
 done
+
+# Go tools, each built once into the cache and skipped when it is there (each script says why it failed):
+# compose-config validates docker-compose.yml as `docker compose config` would (tests/unit/test_compose.py; about
+# a minute the first time); promtool checks monitoring/ (tests/unit/test_monitoring.py; about 7 minutes the first
+# time on 2 cores, downloads included).
+scripts/compose_config.sh --path >/dev/null
+scripts/promtool.sh --path >/dev/null
