@@ -98,6 +98,21 @@ def test_the_counters_agree_with_what_a_read_committed_reader_sees(kafka, topics
     assert get(port, "/readyz") == (200, json.dumps({"ready": True, "reasons": []}))
     assert get(port, "/livez")[0] == 200
     assert bridge.terminate() == 0
+    assert_the_dashboards_series_are_served(series)
+
+
+def assert_the_dashboards_series_are_served(series: Series) -> None:
+    """Every series the dashboard may query (the contract tests/unit/test_monitoring.py checks the dashboard
+    against) is on a running bridge's /metrics, with the contract's labels and allowed values."""
+    from tests.unit.test_monitoring import EXPECTED_SERIES
+
+    for name, labels in EXPECTED_SERIES.items():
+        found = [dict(label_set) for sample, label_set in series if sample == name]
+        assert found, f"{name} is not on /metrics"
+        for label_set in found:
+            assert set(label_set) == set(labels), (name, label_set)
+            for label, allowed in labels.items():
+                assert not allowed or label_set[label] in allowed, (name, label, label_set[label])
 
 
 def test_readyz_is_not_ready_while_the_model_server_is_down_and_ready_again_after(kafka, topics, start_bridge,
