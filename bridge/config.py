@@ -27,6 +27,7 @@ import grpc
 from bridge.images.address_policy import AddressPolicy
 from bridge.errors import ConfigError
 from bridge.model.client import ModelTarget
+from bridge.model.servers import valid_model_servers
 from bridge.records import DEFAULT_MAX_MESSAGE_BYTES
 
 ENV_PREFIX = "TFS_BRIDGE_"
@@ -65,13 +66,7 @@ def _number(raw: str) -> float:
     return float(Fraction(raw.strip()))  # accepts 0.5, 1e-3 and 1/255; rejects inf and nan
 
 
-_HOST_PORT = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})$")
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
-
-
-def _host_port(value: Any) -> bool:
-    match = _HOST_PORT.match(value) if isinstance(value, str) else None
-    return bool(match) and 0 < int(match.group(1)) < 65536
 
 
 def _brokers(value: Any) -> bool:
@@ -89,7 +84,8 @@ OPTIONAL_TEXT = Kind("must be a non-empty string or unset", _optional(str.strip)
 TOPIC = Kind("must be a Kafka topic name (letters, digits, '.', '_', '-'; at most 249)", str.strip,
              lambda v: isinstance(v, str) and bool(_TOPIC.match(v)) and v not in (".", ".."))
 BROKERS = Kind("must be a comma-separated list of brokers (HOST:PORT,...)", str.strip, _brokers)
-HOST_PORT = Kind("must be HOST:PORT (e.g. 127.0.0.1:8500)", str.strip, _host_port)
+MODEL_SERVERS = Kind("must be HOST:PORT, a comma-separated list of them, or dns:///NAME:PORT", str.strip,
+                     valid_model_servers)
 POSITIVE = Kind("must be a positive integer", int, lambda v: _is_int(v) and v > 0)
 NON_NEGATIVE = Kind("must be a non-negative integer", int, lambda v: _is_int(v) and v >= 0)
 VERSION = Kind("must be a non-negative integer (a model version) or unset", _optional(int),
@@ -170,7 +166,9 @@ class Settings:
         {}, KAFKA_CONFIG, "extra librdkafka setting for consumer and producer (security.protocol, sasl.*, "
         "ssl.*); repeatable; env form k=v;k=v", shown="(none)", secret=True)  # may hold passwords
     # Model server
-    model_server: str = setting("127.0.0.1:8500", HOST_PORT, "TF Serving gRPC address")
+    model_server: str = setting("127.0.0.1:8500", MODEL_SERVERS, "TF Serving gRPC address: HOST:PORT, several "
+                                "(comma-separated), or dns:///NAME:PORT for every address of a name; calls go "
+                                "round-robin over those that are up")
     model_name: str = setting("digits", TEXT, "model name on the server")
     model_version: int | None = setting(None, VERSION, "model version; unset: the latest", shown="(latest)")
     version_label: str | None = setting(None, OPTIONAL_TEXT, "model version label; exclusive with model version",

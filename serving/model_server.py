@@ -129,9 +129,13 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.registry = registry
         self.predictor = predictor
         self.faults = faults or FaultFile(None)
+        self.predict_calls = 0  # answered or not; logged at shutdown (tests check which server got traffic)
+        self._count_lock = threading.Lock()
 
     def Predict(self, request: predict_pb2.PredictRequest,
                 context: grpc.ServicerContext) -> predict_pb2.PredictResponse:
+        with self._count_lock:
+            self.predict_calls += 1
         fault = self.faults.current()
         if fault is not None:
             fault.answer(context)
@@ -197,8 +201,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
 def build_server(registry: ModelRegistry, host: str, port: int, max_queued_requests: int,
                  workers: int, tensor_content: bool,
-                 fault_file: Path | None = None) -> tuple[grpc.Server, int]:
-    """Create and bind (not start) the server; returns it with the bound port."""
+                 fault_file: Path | None = None) -> tuple[grpc.Server, int, PredictionService]:
+    """Create and bind (not start) the server; returns it with the bound port and its PredictionService."""
     predictor = Predictor(registry, max_queued_requests, workers, tensor_content)
     # Admitted Predicts hold at most max_queued_requests threads; the rest answer rejections,
     # metadata and status calls immediately.
@@ -209,13 +213,13 @@ def build_server(registry: ModelRegistry, host: str, port: int, max_queued_reque
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.so_reuseport", 0),  # fail loudly if the port is taken
     ])
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(registry, predictor, FaultFile(fault_file)), server)
+    predictions = PredictionService(registry, predictor, FaultFile(fault_file))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(predictions, server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(registry), server)
     bound_port = server.add_insecure_port(f"{host}:{port}")
     if bound_port == 0:
         raise RuntimeError(f"cannot bind {host}:{port}")
-    return server, bound_port
+    return server, bound_port, predictions
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -259,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signum, lambda *_: stop.set())
 
     try:
-        server, port = build_server(registry, args.host, args.port, args.max_queued_requests,
+        server, port, predictions = build_server(registry, args.host, args.port, args.max_queued_requests,
                                     args.workers, args.tensor_content, args.fault_file)
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -269,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     while not stop.wait(0.5):
         pass
-    log.info("shutting down")
+    log.info("shutting down after %d Predict calls", predictions.predict_calls)
     server.stop(args.grace).wait()
     return 0
 

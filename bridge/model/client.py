@@ -12,6 +12,7 @@ from bridge.model import tensors
 from bridge.errors import (ModelNotFound, ModelRejectedInput, ModelServerError, ModelServerRefused,
                            ModelServerUnavailable, SignatureError)
 from bridge.model.predict_request import predict_request_bytes
+from bridge.model.servers import ROUND_ROBIN, channel_target
 from bridge.model.signature import ImageSignature, InputKind
 from bridge.tfs_api import (get_model_metadata_pb2, get_model_status_pb2, model_pb2, model_service_pb2_grpc,
                             predict_pb2, prediction_service_pb2_grpc)
@@ -100,8 +101,9 @@ class ModelServerClient:
         self.target = target
         self.timeout = timeout
         if channel is None:
-            channel = (grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS) if credentials
-                       else grpc.insecure_channel(address, options=CHANNEL_OPTIONS))
+            target, options = channel_target(address), (*CHANNEL_OPTIONS, ROUND_ROBIN)
+            channel = (grpc.secure_channel(target, credentials, options=options) if credentials
+                       else grpc.insecure_channel(target, options=options))
         self._channel = channel
         self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         # Predict on requests already serialized (predict_request.predict_request_bytes): no serializer.
