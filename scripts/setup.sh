@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything the demo and the tests need on a fresh machine, idempotently:
 # a venv in .venv with the bridge and its server/test extras, the Kafka jars (Maven Central), kcat (Debian), and
-# two Go tools built with the Go module proxy: compose-config (Compose v2's loader) and promtool.
+# three Go tools built with the Go module proxy: compose-config (Compose v2's loader), promtool and kustomize.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,6 +42,8 @@ done
 # Go tools, each built once into the cache and skipped when it is there (each script says why it failed):
 # compose-config validates docker-compose.yml as `docker compose config` would (tests/unit/test_compose.py; about
 # a minute the first time); promtool checks monitoring/ (tests/unit/test_monitoring.py; about 7 minutes the first
-# time on 2 cores, downloads included).
+# time on 2 cores, downloads included); kustomize renders deploy/ (tests/unit/test_deploy.py; about a minute the
+# first time, downloads included).
 scripts/compose_config.sh --path >/dev/null
 scripts/promtool.sh --path >/dev/null
+scripts/kustomize.sh --path >/dev/null
