@@ -1,0 +1,113 @@
+"""Three bridges in one consumer group over 6 partitions, while 5,000 records flow: one joins, one is killed
+with SIGKILL and comes back under its name, one leaves. read_committed outputs hold every input exactly once, and
+each instance counts the rebalances it went through."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import Counter
+
+import pytest
+
+from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from scripts.kafka_io import produce, read_topic
+from scripts.kafka_local import free_port
+from tests.integration.conftest import LOCAL_IMAGES, BridgeTopics, values
+from tests.integration.test_observability import get, samples, value
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 6
+RECORDS = 5000
+
+
+def send(kafka, topics, image_server, held_out) -> dict[str, str]:
+    truth, lines = {}, {p: [] for p in range(PARTITIONS)}
+    for n in range(RECORDS):
+        image = held_out[n % len(held_out)]
+        truth[str(n)] = image.label
+        lines[n % PARTITIONS].append(f'{{"url": "{image_server.url(image.name)}", "id": "{n}"}}')
+    for partition, batch in lines.items():
+        produce(kafka.bootstrap_servers, topics.input, batch, partition=partition)
+    return truth
+
+
+def committed_so_far(admin: AdminClient, topics) -> int:
+    """Input records the group has committed, over all partitions (what an admin sees, pending included)."""
+    request = ConsumerGroupTopicPartitions(topics.group, [TopicPartition(topics.input, p) for p in range(PARTITIONS)])
+    result = admin.list_consumer_group_offsets([request], require_stable=False)[topics.group].result(10)
+    return sum(max(0, tp.offset) for tp in result.topic_partitions)
+
+
+def wait_for_more(admin: AdminClient, topics, than: int, by: int = 200, timeout: float = 120.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen = committed_so_far(admin, topics)
+        if seen >= than + by:
+            return seen
+        time.sleep(0.5)
+    raise AssertionError(f"fewer than {than + by} records committed after {timeout:.0f} s")
+
+
+def rebalances(port: int) -> dict[str, float]:
+    series = samples(get(port, "/metrics")[1])
+    return {kind: value(series, "tfs_bridge_rebalances_total", kind=kind) for kind in ("assigned", "revoked", "lost")}
+
+
+def test_instances_joining_dying_and_leaving_mid_stream_keep_every_record_exactly_once(
+        kafka, unique, image_server, held_out, model_server, tmp_path):
+    from scripts.bridge_process import BridgeProcess
+
+    topics = BridgeTopics(f"images-{unique}", f"predictions-{unique}", f"dead-{unique}", f"bridge-{unique}")
+    kafka.create_topics({topics.input: PARTITIONS, topics.output: PARTITIONS, topics.dead_letters: 1})
+    truth = send(kafka, topics, image_server, held_out)
+    ports = {name: free_port() for name in ("a", "b", "c")}
+    started: list[BridgeProcess] = []
+
+    def start(name: str, *more: str) -> BridgeProcess:
+        # A short session: a static member that stops (killed, or leaving) keeps its partitions until it ends.
+        bridge = BridgeProcess(
+            tmp_path / f"bridge-{name}-{len(started)}.log", "--bootstrap-servers", kafka.bootstrap_servers,
+            "--model-server", model_server.address, *topics.flags(), *LOCAL_IMAGES, "--instance-name", name,
+            "--max-batch-size", "4", "--max-in-flight", "1", "--metrics-port", str(ports[name]),
+            "--metrics-host", "127.0.0.1", "--kafka-config", "session.timeout.ms=6000", *more).start()
+        started.append(bridge)
+        return bridge
+
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+    try:
+        a, b = start("a"), start("b")
+        seen = wait_for_more(admin, topics, 0)
+        c = start("c")  # joins: a rebalance
+        c.wait_for_log(f"assigned {topics.input}[")
+        seen = wait_for_more(admin, topics, seen)
+        b.process.send_signal(signal.SIGKILL)  # dies mid-transaction
+        b.process.wait()
+        time.sleep(2)
+        b = start("b")  # comes back under its name: fences its dead predecessor, gets its partitions back
+        seen = wait_for_more(admin, topics, seen)
+        a_rebalances = rebalances(ports["a"])
+        assert c.terminate() == 0  # leaves: its partitions move once its session ends
+        assert seen < RECORDS, "the stream ended before the last change: not mid-stream"
+
+        # One long read: short reads of six partitions can end before every partition has been fetched.
+        outputs = read_topic(kafka.bootstrap_servers, topics.output, expect=RECORDS, timeout=120)
+        dead = read_topic(kafka.bootstrap_servers, topics.dead_letters, timeout=10)
+        ids = Counter(o["id"] for o in values(outputs))
+        assert not dead, values(dead)[:3]
+        assert [i for i, n in ids.items() if n > 1] == []
+        assert set(ids) == set(truth)
+
+        # Every change of members was a rebalance (eager: all partitions revoked, then assigned), counted on
+        # /metrics and logged: c leaving moved a's partitions again.
+        final = rebalances(ports["a"])
+        assert final["assigned"] > a_rebalances["assigned"] and final["revoked"] >= 1 and final["lost"] == 0
+        assert rebalances(ports["b"])["assigned"] >= 1
+        assert a.log().count("revoked ") == final["revoked"] and a.log().count("assigned ") == final["assigned"]
+        assert a.terminate() == 0 and b.terminate() == 0
+    finally:
+        for bridge in started:
+            bridge.kill()
