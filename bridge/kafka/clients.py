@@ -257,8 +257,13 @@ class ReadCommittedConsumer:
         return self._consumer.assignment()
 
     def committed(self, partitions: Sequence[TopicPartition], timeout: float = 10.0) -> dict[PartitionKey, int]:
-        """The group's committed offset per partition (negative when none is committed)."""
-        return {(tp.topic, tp.partition): tp.offset for tp in self._consumer.committed(list(partitions), timeout)}
+        """The group's committed offset per partition (negative when none is committed). FatalKafkaError if the
+        broker does not answer in time: not knowing where to resume, the bridge must not guess."""
+        try:
+            answer = self._consumer.committed(list(partitions), timeout)
+        except KafkaException as exc:
+            raise FatalKafkaError(f"cannot read the group's committed offsets: {exc}") from None
+        return {(tp.topic, tp.partition): tp.offset for tp in answer}
 
     def positions(self) -> dict[PartitionKey, int]:
         """The read position of each assigned partition that has one (no network call)."""

@@ -136,6 +136,7 @@ class BridgeLoop:
         self.checkpoint = Checkpoint(producer, self.consumer, self._output_topics())
         self.commit_interval = settings.seconds("commit_interval_ms")
         self._input_paused = False
+        self._revoked_in_poll: set[PartitionKey] = set()  # revoked or lost during the current poll
         self._last_commit = time.monotonic()
 
     def _output_topics(self) -> OutputTopics:
@@ -167,7 +168,10 @@ class BridgeLoop:
         _test_hook_block()
         busy = self.window.records > 0
         room = max(1, min(POLL_BATCH, self.window.max_records - self.window.records))
+        self._revoked_in_poll = set()
         messages = self.consumer.poll_batch(room, POLL_BUSY if busy else POLL_IDLE)
+        if self._revoked_in_poll:
+            messages = self._after_rebalance(messages)
         self.metrics.records_consumed.inc(len(messages))
         self._admit([Record.from_message(m) for m in messages])
         self._take_completions()
@@ -179,6 +183,17 @@ class BridgeLoop:
             self._commit()
         self._update_lag()
         self.progress.maybe_log()
+
+    def _after_rebalance(self, messages: list) -> list:
+        """A rebalance ran inside this poll. Records of the partitions it revoked may have been handed over
+        before it: they belong to the old assignment, and admitted now they would open the partition's window
+        past the work the revoke dropped (a gap: a loss). Drop them all, and read the partitions that are ours
+        again from their committed positions."""
+        kept = [m for m in messages if (m.topic(), m.partition()) not in self._revoked_in_poll]
+        owned_again = [tp for tp in self.consumer.assignment() if (tp.topic, tp.partition) in self._revoked_in_poll]
+        if owned_again:
+            self.consumer.seek(self.consumer.committed(owned_again, timeout=self.settings.seconds("kafka_timeout_ms")))
+        return kept
 
     def _admit(self, records: list[Record]) -> None:
         if self._input_paused and records:
@@ -306,6 +321,7 @@ class BridgeLoop:
         self.metrics.rebalances.labels("revoked").inc()
         log.info("revoked %s", _describe(partitions))
         revoked = [(tp.topic, tp.partition) for tp in partitions]
+        self._revoked_in_poll.update(revoked)
         if self.broken:
             with contextlib.suppress(Exception):  # best effort: the broker aborts it at transaction.timeout.ms
                 self.checkpoint.abort()
@@ -321,6 +337,7 @@ class BridgeLoop:
         self.metrics.rebalances.labels("lost").inc()
         self.metrics.transactions.labels("aborted").inc()
         lost = {(tp.topic, tp.partition) for tp in partitions}
+        self._revoked_in_poll.update(lost)
         self.checkpoint.abort()
         self.window.drop(lost)
         self.consumer.seek(self.window.restart())

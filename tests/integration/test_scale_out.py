@@ -10,8 +10,7 @@ from collections import Counter
 
 import pytest
 
-from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from scripts.kafka_io import produce, read_topic
 from scripts.kafka_local import free_port
@@ -35,17 +34,21 @@ def send(kafka, topics, image_server, held_out) -> dict[str, str]:
     return truth
 
 
-def committed_so_far(admin: AdminClient, topics) -> int:
-    """Input records the group has committed, over all partitions (what an admin sees, pending included)."""
-    request = ConsumerGroupTopicPartitions(topics.group, [TopicPartition(topics.input, p) for p in range(PARTITIONS)])
-    result = admin.list_consumer_group_offsets([request], require_stable=False)[topics.group].result(10)
-    return sum(max(0, tp.offset) for tp in result.topic_partitions)
+def committed_so_far(offsets: Consumer, topics) -> int:
+    """Input records the group has committed, over all partitions, pending transactions included (asked by a
+    consumer that never joins the group; read_uncommitted, so the broker answers without waiting for them);
+    0 while the broker's group coordinator is not ready yet."""
+    partitions = [TopicPartition(topics.input, p) for p in range(PARTITIONS)]
+    try:
+        return sum(max(0, tp.offset) for tp in offsets.committed(partitions, timeout=10))
+    except KafkaException:
+        return 0
 
 
-def wait_for_more(admin: AdminClient, topics, than: int, by: int = 200, timeout: float = 120.0) -> int:
+def wait_for_more(offsets: Consumer, topics, than: int, by: int = 200, timeout: float = 120.0) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        seen = committed_so_far(admin, topics)
+        seen = committed_so_far(offsets, topics)
         if seen >= than + by:
             return seen
         time.sleep(0.5)
@@ -77,18 +80,19 @@ def test_instances_joining_dying_and_leaving_mid_stream_keep_every_record_exactl
         started.append(bridge)
         return bridge
 
-    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+    offsets = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": topics.group,
+                        "isolation.level": "read_uncommitted", "enable.auto.commit": False})
     try:
         a, b = start("a"), start("b")
-        seen = wait_for_more(admin, topics, 0)
+        seen = wait_for_more(offsets, topics, 0)
         c = start("c")  # joins: a rebalance
         c.wait_for_log(f"assigned {topics.input}[")
-        seen = wait_for_more(admin, topics, seen)
+        seen = wait_for_more(offsets, topics, seen)
         b.process.send_signal(signal.SIGKILL)  # dies mid-transaction
         b.process.wait()
         time.sleep(2)
         b = start("b")  # comes back under its name: fences its dead predecessor, gets its partitions back
-        seen = wait_for_more(admin, topics, seen)
+        seen = wait_for_more(offsets, topics, seen)
         a_rebalances = rebalances(ports["a"])
         assert c.terminate() == 0  # leaves: its partitions move once its session ends
         assert seen < RECORDS, "the stream ended before the last change: not mid-stream"
@@ -109,5 +113,6 @@ def test_instances_joining_dying_and_leaving_mid_stream_keep_every_record_exactl
         assert a.log().count("revoked ") == final["revoked"] and a.log().count("assigned ") == final["assigned"]
         assert a.terminate() == 0 and b.terminate() == 0
     finally:
+        offsets.close()
         for bridge in started:
             bridge.kill()

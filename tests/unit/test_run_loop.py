@@ -42,16 +42,25 @@ class FakeConsumer:
         self.paused = False
         self.pauses = 0
         self.highs = {}  # high watermarks, as of the last fetch
+        self.during_poll = None  # run inside the next poll_batch, after its records were taken
+        self.group_offsets = {}  # what committed() answers
+        self.owned = ["in-0", "in-1", "in-2"]
 
     def poll_batch(self, max_records, timeout):
         batch, self.waiting = self.waiting[:max_records], self.waiting[max_records:]
+        if self.during_poll is not None:  # a rebalance librdkafka serves inside this poll
+            callback, self.during_poll = self.during_poll, None
+            callback()
         return batch
 
     def partition_count(self, topic):
         return 3
 
     def assignment(self):
-        return ["in-0", "in-1", "in-2"]
+        return list(self.owned)
+
+    def committed(self, partitions, timeout=10.0):
+        return {(tp.topic, tp.partition): self.group_offsets.get((tp.topic, tp.partition), -1001) for tp in partitions}
 
     def pause(self, partitions):
         self.paused = True
@@ -330,3 +339,27 @@ def test_a_full_window_shows_as_paused_for_window_full():
     bridge._turn()
     bridge._turn()
     assert sample(bridge, "tfs_bridge_input_paused", reason="window_full") == 0
+
+
+def test_records_handed_over_before_a_rebalance_in_the_same_poll_are_dropped_and_reread_from_the_commit():
+    bridge, consumer, producer, pipeline = loop(commit_interval_ms=50_000)
+    poll(bridge, consumer, (0, 0), (0, 1))
+    pipeline.finish(0, 0)
+    bridge._turn()  # 0@0 produced; 0@1 in flight
+
+    def rebalance():  # partition 0 moves away and comes back; partition 1 is not touched
+        consumer.callbacks["on_revoke"]([_Partition("in", 0)])
+        consumer.owned = [_Partition("in", 0), _Partition("in", 1)]
+        consumer.group_offsets = {("in", 0): 1}
+
+    consumer.during_poll = rebalance
+    poll(bridge, consumer, (0, 2), (0, 3), (1, 7))  # 0@2 and 0@3 were fetched before the rebalance
+    assert producer.committed == [([(0, 0)], {("in", 0): 1})]  # the revoke committed the finished prefix
+    assert sorted(pipeline.submitted)[-1] == (1, 7) and (0, 2) not in pipeline.submitted
+    assert consumer.seeks[-1] == {("in", 0): 1}  # read partition 0 again from its commit: 0@1 is redone
+    poll(bridge, consumer, (0, 1), (0, 2))
+    pipeline.finish(0, 1)
+    pipeline.finish(0, 2)
+    bridge._turn()
+    bridge._commit()
+    assert producer.committed[-1][1] == {("in", 0): 3} and producer.committed[-1][0][:2] == [(0, 1), (0, 2)]
