@@ -6,7 +6,8 @@ import queue
 from bridge.config import Settings
 from bridge.errors import ModelUnusable, TransactionAborted
 from bridge.loop.pipeline import Completion, Failure
-from bridge.loop.run import BridgeLoop, StopSignal
+from bridge.loop.bridge_loop import BridgeLoop
+from bridge.loop.stop_signal import StopSignal
 from bridge.ops.metrics import BridgeMetrics
 from bridge.records import DeadLetter, OutputMessage
 
