@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from scripts.orphan_guard import guarded
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -24,8 +26,8 @@ class BridgeProcess:
 
     def start(self) -> BridgeProcess:
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "bridge", "run", *self.flags], cwd=self.root,
-                                            env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(guarded([sys.executable, "-m", "bridge", "run", *self.flags]),
+                                            cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         return self
 
     def wait_for_log(self, text: str, timeout: float = 60.0) -> None:

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from scripts.orphan_guard import guarded
+
 SCRIPTS_DIR = Path(__file__).resolve().parent
 POM = SCRIPTS_DIR / "kafka" / "pom.xml"
 DEFAULT_PORT = 9092
@@ -126,8 +128,11 @@ class LocalKafka:
     """One KRaft broker+controller process with its data under `work_dir`."""
 
     def __init__(self, work_dir: Path, port: int = DEFAULT_PORT, controller_port: int | None = None,
-                 heap: str = "768m") -> None:
+                 heap: str = "768m", stop_with_parent: bool = True) -> None:
+        """stop_with_parent: the broker ends when the thread that started it does (a test that crashes
+        leaves no broker behind); False for a broker meant to outlive this process."""
         self.work_dir = Path(work_dir)
+        self.stop_with_parent = stop_with_parent
         self.port = port
         self.controller_port = controller_port or free_port()
         self.heap = heap
@@ -164,9 +169,9 @@ class LocalKafka:
         else:
             self._format(config)
         with open(self.log_path, "ab" if keep_data else "wb") as log:
-            self.process = subprocess.Popen(
-                java_command("kafka.Kafka", str(config), heap=self.heap),
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            command = java_command("kafka.Kafka", str(config), heap=self.heap)
+            self.process = subprocess.Popen(guarded(command) if self.stop_with_parent else command,
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.pid_path.write_text(str(self.process.pid))
         self._wait_ready(began + timeout)
         return time.monotonic() - began
@@ -289,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "fetch":
             print(fetch_jars())
         elif args.command == "start":
-            broker = LocalKafka(args.work_dir, port=args.port)
+            broker = LocalKafka(args.work_dir, port=args.port, stop_with_parent=False)
             seconds = broker.start()
             broker.process = None  # leave it running after we exit
             print(f"Kafka {kafka_version()} ready on {broker.bootstrap_servers} in {seconds:.1f}s "

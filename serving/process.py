@@ -26,6 +26,8 @@ from typing import Sequence
 
 import grpc
 
+from scripts.orphan_guard import guarded
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 READY_RE = re.compile(r"^ready on (?P<host>\S+):(?P<port>\d+) models: (?P<models>.*)$")
 
@@ -101,7 +103,7 @@ class ModelServerProcess:
                str(self.model_base_dir), "--host", self.host, "--port", str(self.port),
                "--fault-file", str(self.fault_file), *self.extra_args]
         self._stderr_tail.clear()
-        self._proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=_subprocess_env(), text=True,
+        self._proc = subprocess.Popen(guarded(cmd), cwd=PROJECT_ROOT, env=_subprocess_env(), text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         ready = threading.Event()
         self._threads = [
