@@ -79,13 +79,18 @@ def test_batches_never_exceed_the_maximum_and_cover_every_good_image_once():
 
 
 def test_a_slow_fetch_does_not_hold_back_a_ready_batch_beyond_the_linger():
+    # The linger leaves a and b (no delay) ample time to meet in one batch even on a loaded CI machine, and is
+    # far shorter than the slow fetch: the first batch must go out while the slow fetch is still running.
     predictor = RecordingPredictor()
-    fetcher = FakeFetcher(delays={"http://h/slow": 0.5})
+    fetcher = FakeFetcher(delays={"http://h/slow": 2.0})
+    predicted_at = []
+    predict = predictor.predict
+    predictor.predict = lambda images: (predicted_at.append(time.monotonic()), predict(images))[1]
     started = time.monotonic()
-    pipeline(predictor, fetcher, max_batch_size=8, linger=0.02).process(
+    pipeline(predictor, fetcher, max_batch_size=8, linger=0.3).process(
         records(["http://h/a", "http://h/b", "http://h/slow"]))
-    assert time.monotonic() - started >= 0.5
     assert [sorted(batch) for batch in predictor.batches] == [[b"http://h/a", b"http://h/b"], [b"http://h/slow"]]
+    assert predicted_at[0] - started < 2.0 <= predicted_at[1] - started
 
 
 def test_a_model_server_failing_as_a_whole_fails_the_whole_call():
