@@ -10,7 +10,8 @@ from bridge.errors import (BridgeError, ConfigError, FatalKafkaError, FetchBlock
                            PredictionRejected, RecordError, SignatureError, SystemFailure, TransactionAborted,
                            UnexpectedRecordError)
 from bridge.kafka.clients import ReadCommittedConsumer, TransactionalProducer
-from bridge.model.client import ModelServerClient, ModelTarget, Prediction, VersionStatus
+from bridge.model.backend import ModelBackend, ModelTarget, Prediction, VersionStatus, open_backend
+from bridge.model.grpc_backend import GrpcBackend
 from bridge.model.signature import ImageSignature, InputKind, TensorSpec
 
 __version__ = "0.1.0"
@@ -18,8 +19,8 @@ __version__ = "0.1.0"
 __all__ = [
     "BridgeError", "ConfigError", "FatalKafkaError", "FetchBlocked", "FetchError", "ImageError", "ImageSignature",
     "InputKind", "InvalidRecord", "KafkaTransactionError", "ModelGone", "ModelNotFound", "ModelRejectedInput",
-    "ModelServerClient", "ModelServerError", "ModelServerRefused", "ModelServerUnavailable", "ModelTarget",
+    "GrpcBackend", "ModelBackend", "ModelServerError", "ModelServerRefused", "ModelServerUnavailable", "ModelTarget",
     "ModelUnusable", "OutputError", "Prediction", "PredictionRejected", "ReadCommittedConsumer", "RecordError",
     "SignatureError", "SystemFailure", "TensorSpec", "TransactionAborted", "TransactionalProducer",
-    "UnexpectedRecordError", "VersionStatus",
+    "UnexpectedRecordError", "VersionStatus", "open_backend",
 ]

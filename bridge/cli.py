@@ -18,9 +18,8 @@ from confluent_kafka.admin import AdminClient
 from bridge import __version__
 from bridge.config import ArgumentParser, Settings, add_settings_arguments, settings_from_args
 from bridge.errors import BridgeError, ConfigError, FatalKafkaError, ModelServerUnavailable
-from bridge.model.client import ModelServerClient
+from bridge.model.backend import ModelBackend, open_backend
 from bridge.ops.logs import configure_logging
-from bridge.redact import redact_text
 
 PROG = "tfs-bridge"
 CHECK_TIMEOUT_S = 5.0  # per Kafka or gRPC call, so `check` answers quickly when things are down
@@ -135,21 +134,23 @@ def _check_kafka(settings: Settings) -> Iterator[Check]:
 def _check_model(settings: Settings) -> Iterator[Check]:
     target = settings.model_target()
     timeout = min(settings.seconds("grpc_timeout_ms"), CHECK_TIMEOUT_S)
-    with ModelServerClient(settings.model_server, target, timeout=timeout,
-                           credentials=settings.grpc_credentials()) as client:
-        reachable = yield from _guarded(f"model status at {settings.model_server}", lambda: _status(client))
+    backend = open_backend(settings)
+    try:
+        reachable = yield from _guarded(f"model status at {backend.address}", lambda: _status(backend, timeout))
         if not reachable:
             yield False, f"serving signature {target.signature_name!r}: not checked (model server unreachable)"
             return
         yield from _guarded(f"serving signature {target.signature_name!r}",
-                            lambda: (True, f"serving signature {client.signature().describe()}"))
+                            lambda: (True, f"serving signature {backend.signature(timeout).describe()}"))
+    finally:
+        backend.close()
 
 
-def _status(client: ModelServerClient) -> Check:
-    statuses = client.status()
+def _status(backend: ModelBackend, timeout: float) -> Check:
+    statuses = backend.status(timeout)
     versions = ", ".join(f"version {s.version} {s.state}" + (f" ({s.error})" if s.error else "") for s in statuses)
     available = any(s.state == "AVAILABLE" for s in statuses)
-    return available, f"model {client.target.name!r} at {client.address}: {versions or 'no versions'}"
+    return available, f"model {backend.target.name!r} at {backend.address}: {versions or 'no versions'}"
 
 
 def _guarded(what: str, call: Callable[[], Check]) -> Iterator[Check]:

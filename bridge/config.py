@@ -26,8 +26,7 @@ import grpc
 
 from bridge.images.address_policy import AddressPolicy
 from bridge.errors import ConfigError
-from bridge.model.client import ModelTarget
-from bridge.model.servers import valid_model_servers
+from bridge.model.backend import BackendKind, ModelTarget, backend_kind, valid_model_server
 from bridge.records import DEFAULT_MAX_MESSAGE_BYTES
 
 ENV_PREFIX = "TFS_BRIDGE_"
@@ -84,8 +83,9 @@ OPTIONAL_TEXT = Kind("must be a non-empty string or unset", _optional(str.strip)
 TOPIC = Kind("must be a Kafka topic name (letters, digits, '.', '_', '-'; at most 249)", str.strip,
              lambda v: isinstance(v, str) and bool(_TOPIC.match(v)) and v not in (".", ".."))
 BROKERS = Kind("must be a comma-separated list of brokers (HOST:PORT,...)", str.strip, _brokers)
-MODEL_SERVERS = Kind("must be HOST:PORT, a comma-separated list of them, or dns:///NAME:PORT", str.strip,
-                     valid_model_servers)
+MODEL_SERVERS = Kind("must be a gRPC address (HOST:PORT, a comma-separated list of them, dns:///NAME:PORT or "
+                     "grpc://HOST:PORT), one http(s)://HOST:PORT URL, or a path to a .tflite file", str.strip,
+                     valid_model_server)
 POSITIVE = Kind("must be a positive integer", int, lambda v: _is_int(v) and v > 0)
 NON_NEGATIVE = Kind("must be a non-negative integer", int, lambda v: _is_int(v) and v >= 0)
 VERSION = Kind("must be a non-negative integer (a model version) or unset", _optional(int),
@@ -166,18 +166,20 @@ class Settings:
         {}, KAFKA_CONFIG, "extra librdkafka setting for consumer and producer (security.protocol, sasl.*, "
         "ssl.*); repeatable; env form k=v;k=v", shown="(none)", secret=True)  # may hold passwords
     # Model server
-    model_server: str = setting("127.0.0.1:8500", MODEL_SERVERS, "TF Serving gRPC address: HOST:PORT, several "
-                                "(comma-separated), or dns:///NAME:PORT for every address of a name; calls go "
-                                "round-robin over those that are up")
+    model_server: str = setting("127.0.0.1:8500", MODEL_SERVERS, "the model: TF Serving's gRPC API at HOST:PORT, "
+                                "several (comma-separated, round-robin over those that are up) or dns:///NAME:PORT "
+                                "for every address of a name; TF Serving's REST API at http(s)://HOST:PORT; or a "
+                                ".tflite file run inside the bridge (needs the embedded extra)")
     model_name: str = setting("digits", TEXT, "model name on the server")
     model_version: int | None = setting(None, VERSION, "model version; unset: the latest", shown="(latest)")
     version_label: str | None = setting(None, OPTIONAL_TEXT, "model version label; exclusive with model version",
                                         shown="(none)")
     signature_name: str = setting("serving_default", TEXT, "serving signature to call")
-    grpc_tls: bool = setting(False, BOOLEAN, "use TLS to the model server")
-    grpc_ca_cert: Path | None = setting(None, FILE, "PEM CA bundle for TLS; unset: the system roots",
+    grpc_tls: bool = setting(False, BOOLEAN, "use TLS to a gRPC model server (REST: an https:// URL)")
+    grpc_ca_cert: Path | None = setting(None, FILE, "PEM CA bundle for TLS to the model server (gRPC or https); "
+                                        "unset: the system roots",
                                         shown="(system)")
-    grpc_timeout_ms: int = setting(10000, POSITIVE, "deadline of each gRPC call")
+    grpc_timeout_ms: int = setting(10000, POSITIVE, "deadline of each model-server call (gRPC or REST)")
     # Batching and classification
     max_batch_size: int = setting(32, POSITIVE, "most images per Predict call")
     batch_linger_ms: int = setting(20, NON_NEGATIVE, "how long a batch waits to fill")
@@ -249,8 +251,12 @@ class Settings:
                               + ", ".join(repr(t) for t in topics))
         if self.model_version is not None and self.version_label is not None:
             raise ConfigError(f"{_names('model_version')} and {_names('version_label')} are exclusive: set one")
-        if self.grpc_ca_cert is not None and not self.grpc_tls:
-            raise ConfigError(f"{_names('grpc_ca_cert')} needs {_names('grpc_tls')}")
+        kind = backend_kind(self.model_server)
+        if self.grpc_tls and kind is not BackendKind.GRPC:
+            raise ConfigError(f"{_names('grpc_tls')} is for a gRPC model server; for TLS to TF Serving's REST API, "
+                              "give an https:// URL as --model-server")
+        if self.grpc_ca_cert is not None and not (self.grpc_tls or self.model_server.startswith("https://")):
+            raise ConfigError(f"{_names('grpc_ca_cert')} needs {_names('grpc_tls')} or an https:// model server")
         if self.retry_initial_backoff_ms > self.retry_max_backoff_ms:
             raise ConfigError(f"{_names('retry_initial_backoff_ms')} must not exceed "
                               f"{_names('retry_max_backoff_ms')} ({self.retry_max_backoff_ms}), "

@@ -231,11 +231,11 @@ def local_pipeline(stack, case: Case, **settings):
     """The bridge's transform on this stack, in this process, with `settings` over the defaults."""
     from bridge.config import Settings
     from bridge.loop.run import build_pipeline
-    from bridge.model.client import ModelServerClient
+    from bridge.model.backend import open_backend
 
     chosen = Settings(model_server=stack.model_address, model_name=case.model, fetch_allow=("127.0.0.1",),
                       **settings)
-    client = ModelServerClient(chosen.model_server, chosen.model_target())
+    client = open_backend(chosen)
     return build_pipeline(chosen, client, client.signature(), threading.Event()), client
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from bridge.model import tensors
-from bridge.model.client import ModelTarget
+from bridge.model.backend import ModelTarget
 from bridge.model.predict_request import predict_request_bytes
 from bridge.tfs_api import predict_pb2
 from scripts.photos import photo_jpegs

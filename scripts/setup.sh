@@ -13,9 +13,9 @@ fi
 # Install only when pyproject.toml changed since the last install (saves ~20 s per run).
 stamp=.venv/.tfs-bridge-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    echo "setup: installing tfs-bridge with its server and test extras (TensorFlow is large: first time takes minutes)" >&2
+    echo "setup: installing tfs-bridge with its server, test and embedded extras (TensorFlow is large: first time takes minutes)" >&2
     log=.venv/pip-install.log
-    if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e ".[server,test]"; } >"$log" 2>&1; then
+    if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e ".[server,test,embedded]"; } >"$log" 2>&1; then
         cat "$log" >&2
         echo "setup: pip install failed (log: $log)" >&2
         exit 1

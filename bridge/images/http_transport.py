@@ -7,6 +7,8 @@ its fetch's deadline.
   the host name. A connection opened outside a scope is refused.
 - SocketReaper: one thread that shuts down the sockets of every scope whose deadline has passed. A server that
   trickles its headers or body a byte at a time then fails the blocked read at once, whatever the timeouts say.
+- DeadlineAdapter: a pooling requests adapter whose sockets are under the calling thread's scope, without pinning
+  (the REST model backend: an address the user chose).
 """
 
 from __future__ import annotations
@@ -62,13 +64,13 @@ def _shut(sock: socket.socket) -> None:
 class SocketReaper:
     """Expires fetch scopes at their deadlines, from one daemon thread."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, name: str = "fetch-deadlines") -> None:
         self._clock = clock
         self._heap: list[tuple[float, int, FetchScope]] = []
         self._order = itertools.count()
         self._open: set[FetchScope] = set()
         self._wake = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name="fetch-deadlines", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def open(self, deadline: float) -> FetchScope:
@@ -113,7 +115,31 @@ def _normal_host(host: str) -> str:
     return host.strip("[]").rstrip(".").lower()
 
 
-class _Pinned:
+class _Watched:
+    """Mixin for urllib3 connections: the socket is watched by the scope of the request that uses it."""
+
+    _raw_socket: socket.socket | None = None
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()  # type: ignore[misc]
+        self._watch(sock)
+        return sock
+
+    def _watch(self, sock: socket.socket) -> None:
+        self._raw_socket = sock
+        scope = current_scope()
+        if scope is not None:
+            scope.watch(sock)
+
+    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+        # A reused keep-alive connection was opened by an earlier request: put it under this one's deadline too.
+        scope = current_scope()
+        if scope is not None and self._raw_socket is not None:
+            scope.watch(self._raw_socket)
+        return super().getresponse(*args, **kwargs)  # type: ignore[misc]
+
+
+class _Pinned(_Watched):
     """Mixin for urllib3 connections: connect to the scope's checked address; watch the socket for the scope."""
 
     host: str
@@ -121,7 +147,6 @@ class _Pinned:
     timeout: Any
     source_address: Any
     socket_options: Any
-    _raw_socket: socket.socket | None = None
 
     def _new_conn(self) -> socket.socket:
         scope = current_scope()
@@ -136,16 +161,8 @@ class _Pinned:
             raise ConnectTimeoutError(self, f"connecting to {self.host} timed out") from exc
         except OSError as exc:
             raise NewConnectionError(self, f"failed to connect: {exc}") from exc  # type: ignore[arg-type]
-        self._raw_socket = sock
-        scope.watch(sock)
+        self._watch(sock)
         return sock
-
-    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
-        # A reused keep-alive connection was opened by an earlier fetch: put it under this fetch's deadline too.
-        scope = current_scope()
-        if scope is not None and self._raw_socket is not None:
-            scope.watch(self._raw_socket)
-        return super().getresponse(*args, **kwargs)  # type: ignore[misc]
 
 
 class PinnedHTTPConnection(_Pinned, HTTPConnection):
@@ -171,3 +188,28 @@ class PinnedAdapter(HTTPAdapter):
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = {"http": PinnedHTTPConnectionPool,
                                                    "https": PinnedHTTPSConnectionPool}
+
+
+class WatchedHTTPConnection(_Watched, HTTPConnection):
+    pass
+
+
+class WatchedHTTPSConnection(_Watched, HTTPSConnection):
+    pass
+
+
+class WatchedHTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = WatchedHTTPConnection
+
+
+class WatchedHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = WatchedHTTPSConnection
+
+
+class DeadlineAdapter(HTTPAdapter):
+    """A pooling requests adapter whose sockets are shut down when the calling thread's scope expires."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": WatchedHTTPConnectionPool,
+                                                   "https": WatchedHTTPSConnectionPool}

@@ -18,7 +18,7 @@ from bridge.kafka.clients import ReadCommittedConsumer, TransactionalProducer
 from bridge.loop.bridge_loop import BridgeLoop
 from bridge.loop.pipeline import BatchingPolicy, Pipeline
 from bridge.loop.stop_signal import StopSignal
-from bridge.model.client import ModelServerClient
+from bridge.model.backend import ModelBackend, open_backend
 from bridge.model.predictor import Predictor, RetryPolicy
 from bridge.model.signature import ImageSignature
 from bridge.ops.health import Health, HealthServer
@@ -27,12 +27,7 @@ from bridge.ops.metrics import BridgeMetrics
 log = logging.getLogger(__name__)
 
 
-def model_client(settings: Settings) -> ModelServerClient:
-    return ModelServerClient(settings.model_server, settings.model_target(),
-                             timeout=settings.seconds("grpc_timeout_ms"), credentials=settings.grpc_credentials())
-
-
-def wait_for_model(client: ModelServerClient, timeout: float, stop: StopSignal,
+def wait_for_model(client: ModelBackend, timeout: float, stop: StopSignal,
                    health: Health | None = None) -> ImageSignature | None:
     """Check the model and read its signature before consuming anything; None if stopped while waiting.
 
@@ -58,7 +53,7 @@ def wait_for_model(client: ModelServerClient, timeout: float, stop: StopSignal,
     return None
 
 
-def watch_model_status(client: ModelServerClient, health: Health, interval: float, stop: threading.Event) -> None:
+def watch_model_status(client: ModelBackend, health: Health, interval: float, stop: threading.Event) -> None:
     """Until stopped, ask every `interval` whether the model has an AVAILABLE version, for /readyz: an idle
     bridge learns that its model server is down before a record needs it."""
     while not stop.wait(interval):
@@ -69,7 +64,7 @@ def watch_model_status(client: ModelServerClient, health: Health, interval: floa
             health.problem("model status", str(exc))
 
 
-def _served_version(client: ModelServerClient) -> int | str:
+def _served_version(client: ModelBackend) -> int | str:
     """The newest AVAILABLE version, for the model info metric ("unknown" if the server does not say)."""
     try:
         versions = [status.version for status in client.status() if status.state == "AVAILABLE"]
@@ -78,7 +73,7 @@ def _served_version(client: ModelServerClient) -> int | str:
     return max(versions) if versions else "unknown"
 
 
-def build_pipeline(settings: Settings, client: ModelServerClient, signature: ImageSignature,
+def build_pipeline(settings: Settings, client: ModelBackend, signature: ImageSignature,
                    interrupt: threading.Event, metrics: BridgeMetrics | None = None) -> Pipeline:
     """The transform as the settings describe it: fetcher, preprocessor, predictor and their stages."""
     metrics = metrics or BridgeMetrics()
@@ -130,7 +125,7 @@ def start_health_server(settings: Settings, health: Health, metrics: BridgeMetri
 
 
 def _run(settings: Settings, stop: StopSignal, metrics: BridgeMetrics, health: Health) -> int:
-    client = model_client(settings)
+    client = open_backend(settings)
     signature = wait_for_model(client, settings.seconds("startup_timeout_ms"), stop, health)
     if signature is None:
         client.close()

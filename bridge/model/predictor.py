@@ -27,7 +27,7 @@ import tenacity
 
 from bridge.errors import (ModelGone, ModelNotFound, ModelRejectedInput, ModelServerError, ModelServerRefused,
                            ModelServerUnavailable, ModelUnusable, PredictionRejected, SignatureError, SystemFailure)
-from bridge.model.client import ModelServerClient, Prediction
+from bridge.model.backend import ModelBackend, Prediction
 from bridge.model.labels import FixedLabels
 from bridge.records import ClassScore
 from bridge.model.signature import ImageSignature, InputKind
@@ -75,7 +75,7 @@ def stack(signature: ImageSignature, images: Sequence[PreparedImage]) -> np.ndar
 class Predictor:
     """Turns a batch of prepared images into one outcome per image. Safe to call from several threads."""
 
-    def __init__(self, client: ModelServerClient, signature: ImageSignature, probe_image: PreparedImage,
+    def __init__(self, client: ModelBackend, signature: ImageSignature, probe_image: PreparedImage,
                  top_k: int = 5, retry: RetryPolicy = RetryPolicy(),
                  sleep: Callable[[float], None] | None = None, interrupt: threading.Event | None = None,
                  clock: Callable[[], float] = time.monotonic,

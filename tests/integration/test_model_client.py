@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from bridge.errors import ModelNotFound, ModelRejectedInput, ModelServerUnavailable
-from bridge.model.client import ModelServerClient, ModelTarget
+from bridge.model.backend import ModelTarget
+from bridge.model.grpc_backend import GrpcBackend
 from bridge.model.signature import InputKind
 from scripts.kafka_local import free_port
 
@@ -16,8 +17,8 @@ pytestmark = pytest.mark.integration
 BATCH = 32
 
 
-def client_for(model_server, **target) -> ModelServerClient:
-    return ModelServerClient(model_server.address, ModelTarget(**{"name": "digits", **target}), timeout=30)
+def client_for(model_server, **target) -> GrpcBackend:
+    return GrpcBackend(model_server.address, ModelTarget(**{"name": "digits", **target}), timeout=30)
 
 
 def accuracy(labels, expected) -> float:
@@ -104,7 +105,7 @@ def test_status_of_an_unknown_model_is_not_found(model_server):
 
 
 def test_an_unreachable_server_is_unavailable_not_a_crash():
-    with ModelServerClient(f"127.0.0.1:{free_port()}", ModelTarget("digits"), timeout=1) as client:
+    with GrpcBackend(f"127.0.0.1:{free_port()}", ModelTarget("digits"), timeout=1) as client:
         assert not client.is_available()
         with pytest.raises(ModelServerUnavailable):
             client.predict({"images": one_image()})

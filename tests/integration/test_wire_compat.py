@@ -10,7 +10,7 @@ import pytest
 from google.protobuf import json_format, symbol_database
 
 from bridge.model import tensors
-from bridge.model.client import ModelTarget
+from bridge.model.backend import ModelTarget
 from bridge.tfs_api import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2,  # noqa: F401
                             predict_pb2, prediction_service_pb2)
 

@@ -13,7 +13,7 @@ from bridge import cli
 from bridge.ops.logs import OneLineFormatter
 from bridge.config import Settings
 from bridge.errors import FatalKafkaError, ModelGone, ModelNotFound, ModelServerUnavailable
-from bridge.model.client import VersionStatus
+from bridge.model.backend import VersionStatus
 from bridge.model.signature import ImageSignature, InputKind, TensorSpec
 from bridge.model.tensors import DataType
 
@@ -155,21 +155,18 @@ class FakeModelClient:
     statuses = [VersionStatus(1, "AVAILABLE")]
     signature_error = None
 
-    def __init__(self, address, target, timeout, credentials):
-        self.address, self.target, self.timeout = address, target, timeout
+    def __init__(self, settings):
+        self.address, self.target = settings.model_server, settings.model_target()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
+    def close(self):
         pass
 
-    def status(self):
+    def status(self, timeout=None):
         if isinstance(self.statuses, Exception):
             raise self.statuses
         return self.statuses
 
-    def signature(self):
+    def signature(self, timeout=None):
         if self.signature_error:
             raise self.signature_error
         return ImageSignature("serving_default", TensorSpec("images", DataType.DT_UINT8, (-1, 8, 8, 3)),
@@ -179,8 +176,9 @@ class FakeModelClient:
 @pytest.fixture
 def fakes(monkeypatch):
     monkeypatch.setattr(cli, "AdminClient", type("Admin", (FakeAdmin,), {"configs": []}))
-    monkeypatch.setattr(cli, "ModelServerClient", type("Client", (FakeModelClient,), {}))
-    return cli.AdminClient, cli.ModelServerClient
+    client = type("Client", (FakeModelClient,), {})
+    monkeypatch.setattr(cli, "open_backend", client)
+    return cli.AdminClient, client
 
 
 def test_check_passes_when_everything_is_ready(capsys, fakes):

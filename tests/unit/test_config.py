@@ -7,7 +7,7 @@ import pytest
 from bridge.config import (ENV_PREFIX, FORBIDDEN_KAFKA_KEYS, Settings, env_name, flag_name, known_env_vars,
                            parse_settings, settings_table)
 from bridge.errors import ConfigError
-from bridge.model.client import ModelTarget
+from bridge.model.backend import ModelTarget
 
 # A valid non-default text for every setting, and the value it parses to.
 SAMPLES = {

@@ -13,10 +13,13 @@ from bridge.records import ClassScore, Record
 
 
 class FakeFetcher:
-    def __init__(self, delays=None):
+    def __init__(self, delays=None, barrier=None):
         self.delays = delays or {}
+        self.barrier = barrier  # fetches wait here until that many have started
 
     def fetch(self, url):
+        if self.barrier is not None:
+            self.barrier.wait(timeout=10)
         time.sleep(self.delays.get(url, 0))
         if "missing" in url:
             raise FetchError(f"HTTP 404 from {url}")
@@ -79,10 +82,11 @@ def test_batches_never_exceed_the_maximum_and_cover_every_good_image_once():
 
 
 def test_a_slow_fetch_does_not_hold_back_a_ready_batch_beyond_the_linger():
-    # The linger leaves a and b (no delay) ample time to meet in one batch even on a loaded CI machine, and is
-    # far shorter than the slow fetch: the first batch must go out while the slow fetch is still running.
+    # All three fetches start before any ends (the barrier), so the batcher is never idle before the slow one
+    # ends; the linger leaves a and b (no delay) ample time to meet in one batch even on a loaded CI machine, and
+    # is far shorter than the slow fetch: the first batch must go out while the slow fetch is still running.
     predictor = RecordingPredictor()
-    fetcher = FakeFetcher(delays={"http://h/slow": 2.0})
+    fetcher = FakeFetcher(delays={"http://h/slow": 2.0}, barrier=threading.Barrier(3))
     predicted_at = []
     predict = predictor.predict
     predictor.predict = lambda images: (predicted_at.append(time.monotonic()), predict(images))[1]

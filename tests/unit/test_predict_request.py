@@ -5,7 +5,7 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from bridge.model import tensors
-from bridge.model.client import ModelTarget
+from bridge.model.backend import ModelTarget
 from bridge.model.predict_request import predict_request_bytes
 from bridge.tfs_api import predict_pb2
 

@@ -8,7 +8,7 @@ import pytest
 
 from bridge.errors import (ModelGone, ModelNotFound, ModelRejectedInput, ModelServerError, ModelServerRefused,
                            ModelServerUnavailable, ModelUnusable, PredictionRejected)
-from bridge.model.client import ModelTarget, Prediction as ModelAnswer, VersionStatus
+from bridge.model.backend import ModelTarget, Prediction as ModelAnswer, VersionStatus
 from bridge.model.predictor import Classified, Predictor, RetryPolicy, top_k
 from bridge.model.signature import ImageSignature, InputKind, TensorSpec
 from bridge.model.tensors import DataType

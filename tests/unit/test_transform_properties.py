@@ -21,7 +21,7 @@ from requests.adapters import BaseAdapter
 
 from bridge.errors import ModelRejectedInput, ModelServerError
 from bridge.images.fetch import FetchLimits, ImageFetcher
-from bridge.model.client import ModelTarget, Prediction as ModelAnswer
+from bridge.model.backend import ModelTarget, Prediction as ModelAnswer
 from bridge.loop.pipeline import BatchingPolicy, Pipeline
 from bridge.model.predictor import Predictor, RetryPolicy
 from bridge.images.preprocess import Preprocessor, probe_png

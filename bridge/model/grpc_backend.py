@@ -1,21 +1,21 @@
-"""A gRPC client for TF Serving: model status, the serving signature, and Predict on a batch of images."""
+"""TF Serving's gRPC API as a model backend: model status, the serving signature, and Predict on a batch of images."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import grpc
 import numpy as np
 
+from bridge.errors import ModelServerError, SignatureError
 from bridge.model import tensors
-from bridge.errors import (ModelNotFound, ModelRejectedInput, ModelServerError, ModelServerRefused,
-                           ModelServerUnavailable, SignatureError)
+from bridge.model.backend import (ModelTarget, Prediction, VersionStatus, model_server_error,
+                                  signature_from_metadata)
 from bridge.model.predict_request import predict_request_bytes
 from bridge.model.servers import ROUND_ROBIN, channel_target
 from bridge.model.signature import ImageSignature, InputKind
-from bridge.tfs_api import (get_model_metadata_pb2, get_model_status_pb2, model_pb2, model_service_pb2_grpc,
-                            predict_pb2, prediction_service_pb2_grpc)
+from bridge.tfs_api import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
+                            prediction_service_pb2_grpc)
 
 # TF Serving accepts messages up to 2 GiB; Python gRPC's default of 4 MB would reject a batch of big images.
 MAX_MESSAGE_BYTES = 2**31 - 1
@@ -26,61 +26,6 @@ CHANNEL_OPTIONS = (
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.State.AVAILABLE
 
-_ERRORS: dict[grpc.StatusCode, type[ModelServerError]] = {
-    grpc.StatusCode.UNAVAILABLE: ModelServerUnavailable,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: ModelServerUnavailable,
-    grpc.StatusCode.DEADLINE_EXCEEDED: ModelServerUnavailable,
-    grpc.StatusCode.CANCELLED: ModelServerUnavailable,
-    grpc.StatusCode.ABORTED: ModelServerUnavailable,
-    grpc.StatusCode.UNAUTHENTICATED: ModelServerRefused,
-    grpc.StatusCode.PERMISSION_DENIED: ModelServerRefused,
-    grpc.StatusCode.UNIMPLEMENTED: ModelServerRefused,
-    grpc.StatusCode.NOT_FOUND: ModelNotFound,
-    grpc.StatusCode.FAILED_PRECONDITION: ModelNotFound,
-    grpc.StatusCode.INVALID_ARGUMENT: ModelRejectedInput,
-}
-
-
-@dataclass(frozen=True)
-class ModelTarget:
-    """Which model, version and signature to call. version and version_label are exclusive."""
-
-    name: str
-    version: int | None = None
-    version_label: str | None = None
-    signature_name: str = "serving_default"
-
-    def spec(self, with_signature: bool = True) -> model_pb2.ModelSpec:
-        spec = model_pb2.ModelSpec(name=self.name)
-        if self.version is not None:
-            spec.version.value = self.version
-        elif self.version_label:
-            spec.version_label = self.version_label
-        if with_signature:
-            spec.signature_name = self.signature_name
-        return spec
-
-    def describe(self) -> str:
-        version = (f" version {self.version}" if self.version is not None
-                   else f" label {self.version_label}" if self.version_label else "")
-        return f"model {self.name!r}{version} signature {self.signature_name!r}"
-
-
-@dataclass(frozen=True)
-class VersionStatus:
-    version: int
-    state: str  # AVAILABLE, LOADING, ...
-    error: str = ""
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One Predict answer: outputs by name, and which model version answered."""
-
-    outputs: dict[str, np.ndarray]
-    model_name: str
-    model_version: int
-    signature_name: str
 
 
 def rpc_error(exc: grpc.RpcError, what: str) -> ModelServerError:
@@ -88,11 +33,11 @@ def rpc_error(exc: grpc.RpcError, what: str) -> ModelServerError:
     code = exc.code() if hasattr(exc, "code") else None
     details = exc.details() if hasattr(exc, "details") else str(exc)
     name = code.name if code is not None else "UNKNOWN"
-    return _ERRORS.get(code, ModelServerError)(f"{what}: {name}: {details}", code)
+    return model_server_error(code, f"{what}: {name}: {details}")
 
 
-class ModelServerClient:
-    """Talks to one TF Serving gRPC endpoint about one model. Thread-safe (gRPC channels are)."""
+class GrpcBackend:
+    """Talks to TF Serving's gRPC API (one or several servers) about one model. Thread-safe (gRPC channels are)."""
 
     def __init__(self, address: str, target: ModelTarget, *, timeout: float = 10.0,
                  credentials: grpc.ChannelCredentials | None = None,
@@ -114,7 +59,7 @@ class ModelServerClient:
     def close(self) -> None:
         self._channel.close()
 
-    def __enter__(self) -> ModelServerClient:
+    def __enter__(self) -> GrpcBackend:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -147,15 +92,7 @@ class ModelServerClient:
             response = self._predictions.GetModelMetadata(request, timeout=timeout or self.timeout)
         except grpc.RpcError as exc:
             raise rpc_error(exc, f"GetModelMetadata for {self.target.describe()} at {self.address}") from None
-        signatures = get_model_metadata_pb2.SignatureDefMap()
-        if not response.metadata["signature_def"].Unpack(signatures):
-            raise SignatureError(f"GetModelMetadata for {self.target.describe()} returned no SignatureDefMap")
-        name = self.target.signature_name
-        if name not in signatures.signature_def:
-            raise ModelNotFound(
-                f"{self.target.describe()}: no signature {name!r}; the model has "
-                + ", ".join(sorted(signatures.signature_def)), grpc.StatusCode.FAILED_PRECONDITION)
-        return ImageSignature.from_proto(name, signatures.signature_def[name])
+        return signature_from_metadata(response, self.target)
 
     def predict(self, inputs: Mapping[str, np.ndarray | Sequence[bytes]], output_filter: Sequence[str] = (),
                 timeout: float | None = None) -> Prediction:
