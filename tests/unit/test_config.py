@@ -6,6 +6,7 @@ import pytest
 
 from bridge.config import (ENV_PREFIX, FORBIDDEN_KAFKA_KEYS, Settings, env_name, flag_name, known_env_vars,
                            parse_settings, settings_table)
+from bridge.model.backend import BackendKind, backend_kind, grpc_servers
 from bridge.errors import ConfigError
 from bridge.model.backend import ModelTarget
 
@@ -194,6 +195,8 @@ def test_kafka_config_values_stay_out_of_repr_and_describe():
     ("grpc_timeout_ms", "0"), ("batch_linger_ms", "-1"), ("fetch_max_bytes", "0"), ("progress_interval_ms", "-1"),
     ("input_topic", "bad topic"), ("output_topic", "a/b"),
     ("model_server", "tfserving"), ("model_server", "host:http"), ("model_server", "host:70000"),
+    ("model_server", "grpc://tfserving"), ("model_server", "http://"), ("model_server", "http://h:99999"),
+    ("model_server", "http://a:8501,http://b:8501"), ("model_server", "https://h/?token=x"),
     ("bootstrap_servers", "a:1, b:2"), ("model_version", "latest"), ("model_version", "-1"),
     ("input_scale", "0"), ("input_scale", "inf"), ("input_offset", "nan"), ("log_level", "LOUD"),
     ("log_format", "xml"), ("metrics_port", "65536"), ("metrics_port", "-1"),
@@ -207,6 +210,31 @@ def test_invalid_values_give_one_line_naming_flag_and_env_var(name, text):
     for message in messages:
         assert message.startswith(f"{flag_name(name)} ({env_name(name)}) must")
         assert message.endswith(f", got {text!r}")
+
+
+@pytest.mark.parametrize("value, kind", [
+    ("tfserving:8500", BackendKind.GRPC), ("grpc://tfserving:8500", BackendKind.GRPC),
+    ("a:8500,b:8500", BackendKind.GRPC), ("dns:///tfserving:8500", BackendKind.GRPC),
+    ("http://tfserving:8501", BackendKind.REST), ("https://models.example/tfs/", BackendKind.REST),
+    ("models/digits/1/model.tflite", BackendKind.EMBEDDED), ("/abs/path/m.tflite", BackendKind.EMBEDDED),
+])
+def test_the_model_server_value_chooses_the_backend(value, kind):
+    settings = parse_settings(["--model-server", value], {})
+    assert backend_kind(settings.model_server) is kind
+    if value.startswith("grpc://"):
+        assert grpc_servers(settings.model_server) == "tfserving:8500"
+
+
+@pytest.mark.parametrize("value", ["http://tfserving:8501", "models/digits/1/model.tflite"])
+def test_grpc_tls_is_refused_where_it_cannot_apply(value):
+    message = error_of(["--model-server", value, "--grpc-tls"])
+    assert message.startswith("--grpc-tls (TFS_BRIDGE_GRPC_TLS) is for a gRPC model server")
+
+
+def test_a_ca_bundle_goes_with_an_https_model_server():
+    settings = parse_settings(["--model-server", "https://tfserving:8501", "--grpc-ca-cert", __file__], {})
+    assert settings.grpc_ca_cert is not None
+    assert "needs" in error_of(["--model-server", "http://tfserving:8501", "--grpc-ca-cert", __file__])
 
 
 def test_an_empty_flag_value_is_rejected():
