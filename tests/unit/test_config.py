@@ -6,9 +6,8 @@ import pytest
 
 from bridge.config import (ENV_PREFIX, FORBIDDEN_KAFKA_KEYS, Settings, env_name, flag_name, known_env_vars,
                            parse_settings, settings_table)
-from bridge.model.backend import BackendKind, backend_kind, grpc_servers
 from bridge.errors import ConfigError
-from bridge.model.backend import ModelTarget
+from bridge.model.backend import BackendKind, ModelTarget, backend_kind, grpc_servers
 
 # A valid non-default text for every setting, and the value it parses to.
 SAMPLES = {
