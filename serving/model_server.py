@@ -1,16 +1,20 @@
 """A TensorFlow-Serving-compatible gRPC model server (Python, real TensorFlow, official stubs).
 
     python -m serving.model_server --model-base-dir DIR [--port 8500] [--host 127.0.0.1]
-        [--max-queued-requests 64] [--workers 2] [--tensor-content] [--fault-file PATH]
+        [--rest-port PORT] [--max-queued-requests 64] [--workers 2] [--tensor-content] [--fault-file PATH]
 
 Serves the highest version of every DIR/<model>/<version>/ SavedModel over
 tensorflow.serving.PredictionService (Predict, GetModelMetadata) and
 tensorflow.serving.ModelService (GetModelStatus), answering like TF Serving does.
-Prints "ready on HOST:PORT models: name:version ..." once serving (port 0 = pick a free one).
+With --rest-port, TF Serving's REST API (serving/rest_api.py) too, on that port, over the same
+Predictor (same queue and worker limits) and fault file.
+Prints "ready on HOST:PORT models: name:version ..." once serving (port 0 = pick a free one), or
+"ready on HOST:PORT rest HOST:RESTPORT models: ..." with --rest-port.
 
 For tests, --fault-file names a file read before every Predict: when it holds a gRPC status code
-name (e.g. "UNAVAILABLE"), Predict answers that code with "injected fault"; "CODE hang" first waits
-until the client's deadline or cancellation. Missing or empty means normal operation.
+name (e.g. "UNAVAILABLE"), Predict answers that code with "injected fault" (REST: the HTTP status
+TF Serving maps it to); "CODE hang" first waits until the client's deadline or cancellation (REST:
+until the client hangs up). Missing or empty means normal operation.
 GetModelStatus and GetModelMetadata never see faults.
 """
 
@@ -25,7 +29,7 @@ import threading
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NoReturn, Sequence, TypeVar
+from typing import Callable, ClassVar, NoReturn, Sequence, TypeVar
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -38,6 +42,7 @@ from tensorflow_serving.apis import (  # noqa: E402
     prediction_service_pb2_grpc,
 )
 
+from serving.rest_api import RestApi, RestServer  # noqa: E402
 from serving.servables import (  # noqa: E402
     ModelRegistry,
     Predictor,
@@ -73,6 +78,7 @@ class Fault:
 
     code: grpc.StatusCode
     hang: bool = False
+    message: ClassVar[str] = INJECTED_FAULT_MESSAGE
 
     def answer(self, context: grpc.ServicerContext) -> NoReturn:
         """Abort the call with the code; with hang, first wait until the RPC ends or its deadline passes."""
@@ -83,7 +89,7 @@ class Fault:
                 # Past the deadline, gRPC ends the call (and runs the callback): wait for that, so the client
                 # always sees DEADLINE_EXCEEDED rather than an answer that races it.
                 ended.wait(MAX_HANG_SECONDS if remaining is None else min(remaining + 5.0, MAX_HANG_SECONDS))
-        context.abort(self.code, INJECTED_FAULT_MESSAGE)
+        context.abort(self.code, self.message)
         raise AssertionError("unreachable")
 
 
@@ -129,14 +135,19 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.registry = registry
         self.predictor = predictor
         self.faults = faults or FaultFile(None)
-        self.predict_calls = 0  # answered or not; logged at shutdown (tests check which server got traffic)
+        # gRPC and REST, answered or not; logged at shutdown (tests check which server got traffic)
+        self.predict_calls = 0
         self._count_lock = threading.Lock()
+
+    def arrive(self) -> Fault | None:
+        """Count one Predict call (gRPC or REST); returns the fault it must answer, if any."""
+        with self._count_lock:
+            self.predict_calls += 1
+        return self.faults.current()
 
     def Predict(self, request: predict_pb2.PredictRequest,
                 context: grpc.ServicerContext) -> predict_pb2.PredictResponse:
-        with self._count_lock:
-            self.predict_calls += 1
-        fault = self.faults.current()
+        fault = self.arrive()
         if fault is not None:
             fault.answer(context)
         return handle(context, lambda: self.predictor.predict(request))
@@ -144,10 +155,11 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
                          context: grpc.ServicerContext
                          ) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        return handle(context, lambda: self._metadata(request))
+        return handle(context, lambda: self.metadata(request))
 
-    def _metadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest
-                  ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+    def metadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest
+                 ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        """GetModelMetadata's answer; raises ServingError."""
         if not request.HasField("model_spec"):
             raise invalid_argument("Missing ModelSpec")
         if not request.metadata_field:
@@ -174,10 +186,11 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest,
                        context: grpc.ServicerContext
                        ) -> get_model_status_pb2.GetModelStatusResponse:
-        return handle(context, lambda: self._status(request))
+        return handle(context, lambda: self.status(request))
 
-    def _status(self, request: get_model_status_pb2.GetModelStatusRequest
-                ) -> get_model_status_pb2.GetModelStatusResponse:
+    def status(self, request: get_model_status_pb2.GetModelStatusRequest
+               ) -> get_model_status_pb2.GetModelStatusResponse:
+        """GetModelStatus's answer (a version label is ignored, as in TF Serving); raises ServingError."""
         if not request.HasField("model_spec"):
             raise invalid_argument("Missing ModelSpec")
         spec = request.model_spec
@@ -228,6 +241,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="directory holding <model>/<version>/saved_model.pb")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8500, help="0 picks a free port")
+    parser.add_argument("--rest-port", type=int,
+                        help="also serve TF Serving's REST API on this port (0 picks a free one); "
+                             "default: no REST API")
     parser.add_argument("--max-queued-requests", type=int, default=64,
                         help="Predict calls admitted at once (running + waiting); "
                              "beyond that UNAVAILABLE")
@@ -268,13 +284,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    rest = None
+    if args.rest_port is not None:
+        try:
+            rest = RestServer(RestApi(predictions, ModelService(registry)), args.host, args.rest_port,
+                              MAX_HANG_SECONDS)
+        except OSError as exc:
+            print(f"error: cannot bind REST {args.host}:{args.rest_port}: {exc}", file=sys.stderr)
+            return 2
+        rest.start()
     server.start()
-    print(f"ready on {args.host}:{port} models: {registry.describe()}", flush=True)
+    rest_address = "" if rest is None else f" rest {args.host}:{rest.port}"
+    print(f"ready on {args.host}:{port}{rest_address} models: {registry.describe()}", flush=True)
 
     while not stop.wait(0.5):
         pass
     log.info("shutting down after %d Predict calls", predictions.predict_calls)
-    server.stop(args.grace).wait()
+    stopped = server.stop(args.grace)
+    if rest is not None:
+        rest.stop(args.grace)
+    stopped.wait()
     return 0
 
 

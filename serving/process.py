@@ -4,6 +4,7 @@
     server = ModelServerProcess(models, port=0)             # 0: the server picks a free port
     server.start()                                          # waits for the "ready on" line
     ... connect to server.address ...
+    ModelServerProcess(models, rest_port=0)                 # TF Serving's REST API too, at .rest_url
     server.inject_fault("UNAVAILABLE")                      # every Predict answers UNAVAILABLE
     server.inject_fault(None)                               # back to normal
     server.stop()
@@ -29,7 +30,8 @@ import grpc
 from scripts.orphan_guard import guarded
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-READY_RE = re.compile(r"^ready on (?P<host>\S+):(?P<port>\d+) models: (?P<models>.*)$")
+READY_RE = re.compile(r"^ready on (?P<host>\S+):(?P<port>\d+)"
+                      r"(?: rest (?P<rest_host>\S+):(?P<rest_port>\d+))? models: (?P<models>.*)$")
 
 
 def _subprocess_env() -> dict[str, str]:
@@ -58,16 +60,19 @@ class ModelServerProcess:
     """`python -m serving.model_server` as a child process, started with --fault-file `fault_file`.
 
     fault_file defaults to a fresh path in the system temp dir; it exists only while a fault is injected.
+    rest_port: also serve TF Serving's REST API there (0 picks a free port); None: no REST API.
     """
 
     def __init__(self, model_base_dir: str | os.PathLike, port: int = 0,
                  extra_args: Sequence[str] = (), host: str = "127.0.0.1",
-                 startup_timeout: float = 120, fault_file: str | os.PathLike | None = None) -> None:
+                 startup_timeout: float = 120, fault_file: str | os.PathLike | None = None,
+                 rest_port: int | None = None) -> None:
         self.model_base_dir = Path(model_base_dir)
         self.fault_file = Path(fault_file) if fault_file is not None else (
             Path(tempfile.gettempdir()) / f"model-server-fault-{uuid.uuid4().hex}")
         self.requested_port = port
         self.port = port
+        self.rest_port = rest_port
         self.host = host
         self.extra_args = list(extra_args)
         self.startup_timeout = startup_timeout
@@ -80,6 +85,11 @@ class ModelServerProcess:
     def address(self) -> str:
         """host:port for grpc.insecure_channel (valid once started)."""
         return f"{self.host}:{self.port}"
+
+    @property
+    def rest_url(self) -> str | None:
+        """http://host:port of the REST API (valid once started); None without one."""
+        return None if self.rest_port is None else f"http://{self.host}:{self.rest_port}"
 
     @property
     def running(self) -> bool:
@@ -95,12 +105,13 @@ class ModelServerProcess:
     def start(self) -> "ModelServerProcess":
         """Start the server and wait until it prints its ready line (raises on death/timeout).
 
-        On restart the previously bound port is reused, so clients can reconnect.
+        On restart the previously bound ports (gRPC and REST) are reused, so clients can reconnect.
         """
         if self.running:
             raise RuntimeError("model server already running")
+        rest = [] if self.rest_port is None else ["--rest-port", str(self.rest_port)]
         cmd = [sys.executable, "-m", "serving.model_server", "--model-base-dir",
-               str(self.model_base_dir), "--host", self.host, "--port", str(self.port),
+               str(self.model_base_dir), "--host", self.host, "--port", str(self.port), *rest,
                "--fault-file", str(self.fault_file), *self.extra_args]
         self._stderr_tail.clear()
         self._proc = subprocess.Popen(guarded(cmd), cwd=PROJECT_ROOT, env=_subprocess_env(), text=True,
@@ -172,6 +183,8 @@ class ModelServerProcess:
             match = READY_RE.match(line.strip())
             if match and not ready.is_set():
                 self.port = int(match["port"])
+                if match["rest_port"]:
+                    self.rest_port = int(match["rest_port"])
                 self.ready_line = line.strip()
                 ready.set()
 

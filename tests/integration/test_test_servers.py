@@ -1,23 +1,34 @@
-"""The test servers themselves: a local broker that keeps its data across restart(), and the image server's
-hostile routes and hit counter."""
+"""The test servers themselves: a local broker that keeps its data across restart(), the image server's
+hostile routes and hit counter, and the model server's TF Serving REST API."""
 
 from __future__ import annotations
 
+import base64
 import http.client
+import json
+import os
+import re
 import select
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlsplit
 
+import grpc
+import numpy as np
 import pytest
 import requests
 from confluent_kafka import Producer
 
+from bridge.tfs_api import predict_pb2, prediction_service_pb2_grpc, tensor_pb2, types_pb2
 from scripts.image_server import PNG_SIGNATURE, ImageServer
 from scripts.kafka_io import produce, read_topic
 from scripts.kafka_local import KafkaError, LocalKafka, free_port
+from serving.process import ModelServerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -196,3 +207,256 @@ def test_as_serves_a_file_under_another_content_type(server: ImageServer) -> Non
     response = requests.get(server.url(f"as/{quote('text/html; charset=utf-8', safe='')}/cat.png"), timeout=5)
     assert (response.headers["Content-Type"], response.content) == ("text/html; charset=utf-8", BODY)
     assert requests.get(server.url("as/image%2Fpng/missing.png"), timeout=5).status_code == 404
+
+
+# ---------------------------------------------------------------- the model server's REST API
+
+# A second model next to digits, for single outputs and bytes: exported by a subprocess (no TensorFlow here).
+TINY_MODEL = """
+import sys
+import tensorflow as tf
+
+class Tiny(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x")])
+    def double(self, x):
+        return {"y": x * 2.0}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="data")])
+    def echo(self, data):
+        return {"echo_bytes": tf.identity(data)}
+
+tiny = Tiny()
+tf.saved_model.save(tiny, sys.argv[1], signatures={"serving_default": tiny.double.get_concrete_function(),
+                                                   "echo": tiny.echo.get_concrete_function()})
+"""
+STATUS = {"model_version_status": [{"version": "1", "state": "AVAILABLE",
+                                    "status": {"error_code": "OK", "error_message": ""}}]}
+
+
+@pytest.fixture(scope="module")
+def rest_models(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model base dir with the session's digits model and the tiny one."""
+    base = tmp_path_factory.mktemp("rest-models")
+    (base / "digits").symlink_to((models_dir / "digits").resolve(), target_is_directory=True)
+    export = subprocess.run([sys.executable, "-c", TINY_MODEL, str(base / "tiny" / "1")], check=False, timeout=300,
+                            capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert export.returncode == 0, export.stderr[-3000:]
+    return base
+
+
+@pytest.fixture(scope="module")
+def rest_server(rest_models: Path) -> Iterator[ModelServerProcess]:
+    server = ModelServerProcess(rest_models, port=0, rest_port=0)
+    server.start()
+    yield server
+    server.stop()
+
+
+def call(server: ModelServerProcess, method: str, path: str, body: Any = None, timeout: float = 60) -> tuple[int, Any]:
+    """Status and JSON answer of one REST request."""
+    response = requests.request(method, f"{server.rest_url}{path}", json=body, timeout=timeout)
+    assert response.headers["Content-Type"] == "application/json"
+    return response.status_code, response.json()
+
+
+def grpc_predict(server: ModelServerProcess, signature: str, alias: str,
+                 tensor: tensor_pb2.TensorProto) -> predict_pb2.PredictResponse:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "digits"
+    request.model_spec.signature_name = signature
+    request.inputs[alias].CopyFrom(tensor)
+    with grpc.insecure_channel(server.address) as channel:
+        return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=60)
+
+
+def uint8_tensor(pixels: np.ndarray) -> tensor_pb2.TensorProto:
+    tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_UINT8, tensor_content=pixels.tobytes())
+    for size in pixels.shape:
+        tensor.tensor_shape.dim.add(size=size)
+    return tensor
+
+
+def b64(data: bytes) -> dict[str, str]:
+    return {"b64": base64.b64encode(data).decode()}
+
+
+def test_rest_status_answers_for_the_model_a_version_and_a_label(rest_server):
+    assert call(rest_server, "GET", "/v1/models/digits") == (200, STATUS)
+    assert call(rest_server, "GET", "/v1/models/digits/versions/1") == (200, STATUS)
+    # TF Serving's GetModelStatus ignores a version label: every version's status
+    assert call(rest_server, "GET", "/v1/models/digits/labels/stable") == (200, STATUS)
+    assert call(rest_server, "GET", "/v1/models/digits/versions/7") == (
+        404, {"error": "Could not find version 7 of model digits"})
+    assert call(rest_server, "GET", "/v1/models/nothing") == (
+        404, {"error": "Could not find any versions of model nothing"})
+
+
+def test_rest_metadata_is_tf_servings_json_of_the_signature_defs(rest_server):
+    status, body = call(rest_server, "GET", "/v1/models/digits/metadata")
+    assert status == 200
+    # TF Serving prints model_spec and the unpacked SignatureDefMap with proto field names (no "@type")
+    assert body["model_spec"] == {"name": "digits", "version": "1", "signature_name": ""}
+    signatures = body["metadata"]["signature_def"]["signature_def"]
+    assert {"serving_default", "bytes", "float"} <= set(signatures)
+    default = signatures["serving_default"]
+    assert default["method_name"] == "tensorflow/serving/predict"
+    assert default["inputs"]["images"]["dtype"] == "DT_UINT8"
+    assert default["inputs"]["images"]["tensor_shape"] == {
+        "dim": [{"size": size, "name": ""} for size in ("-1", "32", "32", "3")], "unknown_rank": False}
+    assert set(default["outputs"]) == {"scores", "classes", "top_class"}
+    assert signatures["bytes"]["inputs"]["image_bytes"]["dtype"] == "DT_STRING"
+    assert "@type" not in json.dumps(body)
+    assert call(rest_server, "GET", "/v1/models/digits/versions/1/metadata") == (200, body)
+    assert call(rest_server, "GET", "/v1/models/digits/labels/stable/metadata") == (
+        400, {"error": "Unrecognized servable version label: stable"})
+
+
+def test_rest_columnar_and_row_predict_give_the_grpc_top_classes(rest_server, held_out):
+    images = held_out[:8]
+    pixels = np.stack([image.pixels for image in images])
+    expected = grpc_predict(rest_server, "serving_default", "images", uint8_tensor(pixels))
+    grpc_top = [label.decode() for label in expected.outputs["top_class"].string_val]
+    grpc_scores = np.array(expected.outputs["scores"].float_val).reshape(8, 10)
+
+    status, body = call(rest_server, "POST", "/v1/models/digits:predict", {"inputs": pixels.tolist()})
+    assert status == 200 and set(body) == {"outputs"}
+    outputs = body["outputs"]
+    assert outputs["top_class"] == grpc_top
+    assert np.allclose(outputs["scores"], grpc_scores, atol=1e-6)
+    assert outputs["classes"] == [[str(d) for d in range(10)]] * 8  # DT_STRING outputs as UTF-8 strings
+
+    status, body = call(rest_server, "POST", "/v1/models/digits/versions/1:predict",
+                        {"signature_name": "serving_default", "instances": pixels.tolist()})
+    assert status == 200
+    assert [row["top_class"] for row in body["predictions"]] == grpc_top
+    assert set(body["predictions"][0]) == {"scores", "classes", "top_class"}
+
+    floats = {"signature_name": "float", "inputs": {"images": (pixels / 255.0).tolist()}}
+    status, body = call(rest_server, "POST", "/v1/models/digits:predict", floats)
+    assert status == 200 and body["outputs"]["top_class"] == grpc_top
+
+
+def test_rest_single_output_is_not_wrapped_in_its_name(rest_server):
+    assert call(rest_server, "POST", "/v1/models/tiny:predict", {"inputs": [[1, 2.5], [0.1, -3]]}) == (
+        200, {"outputs": [[2.0, 5.0], [0.2, -6.0]]})
+    assert call(rest_server, "POST", "/v1/models/tiny:predict", {"instances": [[1, 2], [3, 4]]}) == (
+        200, {"predictions": [[2.0, 4.0], [6.0, 8.0]]})
+
+
+def test_rest_b64_strings_in_and_bytes_outputs_as_b64(rest_server, held_out):
+    raw = bytes(range(256))
+    echo = {"signature_name": "echo", "inputs": [b64(raw), "plain"]}
+    assert call(rest_server, "POST", "/v1/models/tiny:predict", echo) == (
+        200, {"outputs": [b64(raw), b64(b"plain")]})  # an output named *_bytes comes back as {"b64": ...}
+
+    images = held_out[:6]  # PNG and JPEG
+    expected = grpc_predict(rest_server, "bytes", "image_bytes", tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_STRING, string_val=[image.body for image in images],
+        tensor_shape={"dim": [{"size": len(images)}]}))
+    status, body = call(rest_server, "POST", "/v1/models/digits:predict",
+                        {"signature_name": "bytes", "instances": [b64(image.body) for image in images]})
+    assert status == 200
+    assert [row["top_class"] for row in body["predictions"]] == [
+        label.decode() for label in expected.outputs["top_class"].string_val]
+
+
+def test_rest_bad_requests_answer_tf_servings_errors(rest_server):
+    predict = "/v1/models/digits:predict"
+    assert call(rest_server, "POST", predict, {"inputs": [["a"]]}) == (
+        400, {"error": "JSON Value: \"a\" Type: String is not of expected type: uint8"})
+    assert call(rest_server, "POST", predict, {"inputs": [[[[1, 2, 3]]]]}) == (400, {
+        "error": "Input images has shape [1,1,1,3], which is incompatible with the signature's shape [-1,32,32,3]"})
+    assert call(rest_server, "POST", predict, {"inputs": [[1, 2], [3]]}) == (
+        400, {"error": "Encountered list at unexpected size: 1 at level: 1 expected size: 2"})
+    assert call(rest_server, "POST", predict, {"images": []}) == (400, {"error": "Missing 'inputs' or 'instances' key"})
+    assert call(rest_server, "POST", predict, {"signature_name": "nope", "inputs": []}) == (
+        400, {"error": 'Serving signature name: "nope" not found in signature def'})
+    assert call(rest_server, "POST", "/v1/models/nothing:predict", {"inputs": []}) == (
+        404, {"error": "Servable not found for request: Latest(nothing)"})
+    assert call(rest_server, "GET", "/v1/models/digits:predict") == (
+        400, {"error": "Malformed request: GET /v1/models/digits:predict"})
+    response = requests.post(f"{rest_server.rest_url}{predict}", data=b'{"inputs": [1, 2', timeout=30)
+    assert response.status_code == 400 and response.json()["error"].startswith("JSON Parse error: ")
+    response = requests.get(f"{rest_server.rest_url}/metrics", timeout=30)
+    assert response.status_code == 404 and "<TITLE>404 Not Found</TITLE>" in response.text  # libevent's page
+
+
+def test_rest_fault_file_answers_mapped_http_statuses(rest_server):
+    body = {"inputs": [[1, 2]]}
+    try:
+        for code, http_status in [("UNAVAILABLE", 503), ("UNAUTHENTICATED", 401), ("RESOURCE_EXHAUSTED", 429)]:
+            rest_server.inject_fault(code)
+            assert call(rest_server, "POST", "/v1/models/tiny:predict", body) == (
+                http_status, {"error": "injected fault"})
+            assert call(rest_server, "GET", "/v1/models/tiny")[0] == 200  # status and metadata never see faults
+            assert call(rest_server, "GET", "/v1/models/tiny/metadata")[0] == 200
+        rest_server.inject_fault("UNAVAILABLE", hang=True)
+        with pytest.raises(requests.exceptions.ReadTimeout):  # waits while the client is there
+            requests.post(f"{rest_server.rest_url}/v1/models/tiny:predict", json=body, timeout=(5, 1))
+    finally:
+        rest_server.inject_fault(None)
+    assert call(rest_server, "POST", "/v1/models/tiny:predict", body) == (200, {"outputs": [[2.0, 4.0]]})
+    time.sleep(1)  # the hang has seen the client leave and answered into the closed connection: quietly
+    assert "Traceback" not in rest_server.stderr_tail()
+
+
+def test_rest_keeps_the_connection_alive(rest_server):
+    connection = http.client.HTTPConnection("127.0.0.1", urlsplit(rest_server.rest_url).port, timeout=30)
+    try:
+        answers = []
+        for method, path, body in [("GET", "/v1/models/tiny", None),
+                                   ("POST", "/v1/models/tiny:predict", b'{"inputs": [[1, 2]]}'),
+                                   ("GET", "/v1/models/tiny/versions/9", None),  # an error keeps it open too
+                                   ("POST", "/v1/models/tiny:predict", b'{"instances": [[3, 4]]}')]:
+            connection.request(method, path, body=body, headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            answers.append((response.status, json.loads(response.read())))
+            if method == "GET" and path == "/v1/models/tiny":
+                sock = connection.sock
+        assert connection.sock is sock  # one connection for all four
+    finally:
+        connection.close()
+    assert answers == [(200, STATUS), (200, {"outputs": [[2.0, 4.0]]}),
+                       (404, {"error": "Could not find version 9 of model tiny"}), (200, {"predictions": [[6.0, 8.0]]})]
+
+
+def test_rest_takes_a_large_json_batch(rest_server):
+    pixels = np.random.default_rng(0).integers(0, 256, (2048, 32, 32, 3), dtype=np.uint8)
+    body = json.dumps({"inputs": pixels.tolist()}).encode()
+    assert len(body) > 20_000_000
+    response = requests.post(f"{rest_server.rest_url}/v1/models/digits:predict", data=body, timeout=120)
+    assert response.status_code == 200
+    assert np.array(response.json()["outputs"]["scores"]).shape == (2048, 10)
+
+
+def predict_calls(server: ModelServerProcess) -> int:
+    found = re.findall(r"shutting down after (\d+) Predict calls", server.stderr_tail())
+    assert found, server.stderr_tail()[-2000:]
+    return int(found[-1])
+
+
+def test_rest_port_survives_restart_and_rest_predicts_are_counted(models_dir, held_out):
+    server = ModelServerProcess(models_dir, port=0, rest_port=0)
+    pixels = np.stack([held_out[0].pixels])
+    try:
+        server.start()
+        assert re.fullmatch(r"ready on 127\.0\.0\.1:\d+ rest 127\.0\.0\.1:\d+ models: digits:1", server.ready_line)
+        ports = (server.port, server.rest_port)
+        assert ports[1] and ports[1] != ports[0] and server.rest_url == f"http://127.0.0.1:{ports[1]}"
+        for _ in range(2):
+            assert call(server, "POST", "/v1/models/digits:predict", {"inputs": pixels.tolist()})[0] == 200
+        assert call(server, "POST", "/v1/models/digits:predict", {"inputs": "bad"})[0] == 400
+        grpc_predict(server, "serving_default", "images", uint8_tensor(pixels))
+        server.stop()
+        assert predict_calls(server) == 4  # three REST calls (answered or not) and one gRPC call
+
+        server.start()  # what restart() does: the same ports again
+        assert (server.port, server.rest_port) == ports
+        assert call(server, "GET", "/v1/models/digits") == (200, STATUS)
+    finally:
+        server.stop()
+
+
+def test_the_ready_line_has_no_rest_part_without_a_rest_port(model_server):
+    assert model_server.rest_url is None
+    assert re.fullmatch(r"ready on 127\.0\.0\.1:\d+ models: digits:1", model_server.ready_line)
