@@ -12,9 +12,12 @@ photo-like JPEGs. For each:
 Everything is reported as ratios within this run (absolute figures depend on the machine), and last as one
 JSON line for tracking.
 
-    .venv/bin/python -m scripts.benchmark [--case digits|mobilenet] [--variants] [--compare REV]
+    .venv/bin/python -m scripts.benchmark [--case digits|mobilenet] [--variants] [--compare REV] [--backends]
 
 --variants also runs other settings on digits (no batching, batch 8, encoded bytes, commit every 1 s).
+--backends runs, for each case, the bridge with each model backend instead (TF Serving's gRPC API, its REST API,
+and the model embedded with LiteRT), each with its records/s, latency at half its rate, CPU ms/record of bridge
+and model server, and peak memory, beside the one-record-at-a-time pattern.
 --compare REV runs only the digits defaults, with the bridge of commit REV (checked out in a temporary git
 worktree) between two runs of this tree's, so a change is measured against its predecessor on one stack.
 """
@@ -43,7 +46,7 @@ from pathlib import Path
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from scripts.kafka_io import read_topic
-from scripts.local_stack import ROOT, local_stack
+from scripts.local_stack import BACKENDS, ROOT, local_stack
 
 PARTITIONS = 3
 COMMIT_INTERVAL_MS, BATCH_LINGER_MS, MAX_BATCH = 100, 20, 32  # the bridge's defaults (bridge/config.py)
@@ -175,11 +178,12 @@ def fill(stack, topic: str, urls: list[str], records: int) -> None:
 
 
 @contextlib.contextmanager
-def running_bridge(stack, case: Case, topics: dict[str, str], flags: list[str], root: Path = ROOT):
+def running_bridge(stack, case: Case, topics: dict[str, str], flags: list[str], root: Path = ROOT,
+                   backend: str = "grpc"):
     with stack.bridge("--input-topic", topics["input"], "--output-topic", topics["output"],
                       "--dead-letter-topic", topics["dead"], "--group-id", f"bench-{topics['input']}",
                       "--model-name", case.model, "--progress-interval-ms", "0", *flags,
-                      log_name=f"{topics['input']}.log", root=root,
+                      log_name=f"{topics['input']}.log", root=root, backend=backend, model=case.model,
                       allow_local_images=has_address_policy(root)) as bridge:
         bridge.wait_for_log("assigned", timeout=120)
         yield bridge
@@ -201,13 +205,15 @@ class BridgeRun:
     bridge_rss_mib: float
     cores_busy: float  # CPU seconds of all four per second of the run
     bridge_threads_ms: dict[str, float]  # the bridge's CPU ms/record by thread group
+    server_rss_mib: float = 0.0  # the model server's peak so far (it serves every run of the benchmark)
 
 
-def run_bridge(stack, case: Case, urls: list[str], flags: list[str], root: Path = ROOT) -> BridgeRun:
+def run_bridge(stack, case: Case, urls: list[str], flags: list[str], root: Path = ROOT,
+               backend: str = "grpc") -> BridgeRun:
     """Records/s from the bridge's partition assignment to the last result's Kafka timestamp."""
     topics = fresh_topics(stack, "bench")
     fill(stack, topics["input"], urls, case.records)
-    with running_bridge(stack, case, topics, flags, root) as bridge:
+    with running_bridge(stack, case, topics, flags, root, backend) as bridge:
         threads = ThreadMeter(bridge.process.pid)
         meters = [CpuMeter(bridge.process.pid, descendants=True),
                   *(CpuMeter(pid) for pid in (stack.model_pid, stack.kafka.process.pid, os.getpid()))]
@@ -222,7 +228,8 @@ def run_bridge(stack, case: Case, urls: list[str], flags: list[str], root: Path 
         started = logged_at(bridge.log(), "assigned")
     finished = max(message.timestamp()[1] for message in outputs) / 1000
     return BridgeRun(case.records / (finished - started), *cpu_ms, rss,
-                     cores_busy=sum(cpu_ms) * case.records / 1000 / wall, bridge_threads_ms=thread_ms)
+                     cores_busy=sum(cpu_ms) * case.records / 1000 / wall, bridge_threads_ms=thread_ms,
+                     server_rss_mib=peak_rss_mib(stack.model_pid))
 
 
 # --- the transform alone, and the demo's pattern -------------------------------------------------------------------
@@ -326,14 +333,14 @@ def run_one_at_a_time(stack, case: Case, urls: list[str]) -> float:
 # --- latency ------------------------------------------------------------------------------------------------------
 
 def run_latency(stack, case: Case, urls: list[str], rate: float, seconds: float = 15.0,
-                warm_up: float = 2.0) -> list[float]:
+                warm_up: float = 2.0, backend: str = "grpc") -> list[float]:
     """End-to-end latencies (ms, sorted) at `rate` records/s, of the records sent after `warm_up` seconds (the
     bridge's first Predict calls and connections). The reader is assigned the output partitions directly, so
     no group join delays what it sees."""
     total = int(rate * (warm_up + seconds))
     topics = fresh_topics(stack, "lat")
     bootstrap = stack.kafka.bootstrap_servers
-    with running_bridge(stack, case, topics, []):
+    with running_bridge(stack, case, topics, [], backend=backend):
         reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"lat-{uuid.uuid4()}",
                            "isolation.level": "read_committed", "fetch.wait.max.ms": 10,
                            "enable.auto.commit": False})
@@ -428,6 +435,125 @@ def run_case(stack, name: str, case: Case, variants: bool) -> dict:
     }
 
 
+def run_backends(stack, name: str, case: Case) -> dict:
+    """The bridge with each model backend on one case, beside the one-record-at-a-time pattern (gRPC)."""
+    urls = case_urls(stack, case)
+    print(f"\n{name}: model {case.model} on {case.images}, {case.records} records per bridge run", flush=True)
+    rows = {}
+    for backend in BACKENDS:
+        run = run_bridge(stack, case, urls, [], backend=backend)
+        latencies = run_latency(stack, case, urls, run.rate / 2, backend=backend)
+        rows[backend] = row = {
+            "records_per_s": round(run.rate, 1), "latency_at_records_per_s": round(run.rate / 2, 1),
+            "p50_ms": round(percentile(latencies, 0.50)), "p99_ms": round(percentile(latencies, 0.99)),
+            "bridge_cpu_ms_per_record": round(run.bridge_cpu_ms, 2),
+            "model_server_cpu_ms_per_record": round(run.server_cpu_ms, 2),
+            "together_cpu_ms_per_record": round(run.bridge_cpu_ms + run.server_cpu_ms, 2),
+            "bridge_peak_rss_mib": round(run.bridge_rss_mib), "model_server_peak_rss_mib": round(run.server_rss_mib)}
+        print(f"  {backend:<9} {row['records_per_s']:7.1f} records/s; at {row['latency_at_records_per_s']:.0f}/s "
+              f"p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms; CPU ms/record: bridge "
+              f"{row['bridge_cpu_ms_per_record']:.2f} + model server {row['model_server_cpu_ms_per_record']:.2f} = "
+              f"{row['together_cpu_ms_per_record']:.2f}; peak RSS bridge {row['bridge_peak_rss_mib']} MiB, model "
+              f"server {row['model_server_peak_rss_mib']} MiB", flush=True)
+    demo = run_one_at_a_time(stack, case, urls)
+    print(f"  one record at a time (gRPC, the demo pattern): {demo:.1f} records/s", flush=True)
+    grpc_rate = rows["grpc"]["records_per_s"]
+    return {"case": name, "model": case.model, "images": case.images, "backends": rows,
+            "demo_pattern_records_per_s": round(demo, 1),
+            "of_grpc": {backend: round(row["records_per_s"] / grpc_rate, 2) for backend, row in rows.items()}}
+
+
+def run_outage(stack, case: Case, backend: str, rate: float = 50.0, down: float = 10.0) -> dict:
+    """A model-server outage (gRPC, REST) or a bridge crash (embedded, where the model is in the bridge) while
+    records flow at `rate`: how long until input pauses (or the bridge is gone), and the time from recovery
+    (the model server ready again, or the bridge restarted) to the first result committed after it."""
+    urls = case_urls(stack, case)
+    topics = fresh_topics(stack, "outage")
+    bootstrap = stack.kafka.bootstrap_servers
+    flags = ["--retry-budget-ms", "3000", "--resume-check-interval-ms", "500", "--transactional-id",
+             f"outage-{topics['input']}"]
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"outage-{uuid.uuid4()}",
+                       "isolation.level": "read_committed", "fetch.wait.max.ms": 10, "enable.auto.commit": False})
+    reader.assign([TopicPartition(topics["output"], p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
+    seen: list[float] = []  # when each result became visible
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            message = reader.poll(0.05)
+            if message is not None and not message.error():
+                seen.append(time.monotonic())
+
+    def send() -> None:
+        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+        n, began = 0, time.monotonic()
+        while not stop.is_set():
+            time.sleep(max(0.0, began + n / rate - time.monotonic()))
+            producer.produce(topics["input"], urls[n % len(urls)].encode(), partition=n % PARTITIONS)
+            producer.poll(0)
+            n += 1
+        producer.flush(30)
+
+    def first_result_after(moment: float) -> float:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            later = [t for t in seen if t > moment]
+            if later:
+                return later[0] - moment
+            time.sleep(0.05)
+        return float("nan")
+
+    threads = [threading.Thread(target=read), threading.Thread(target=send)]
+    for thread in threads:
+        thread.start()
+    try:
+        with running_bridge(stack, case, topics, flags, backend=backend) as bridge:
+            time.sleep(5)
+            failed = time.monotonic()
+            if backend == "embedded":  # the model fails with the bridge: SIGKILL it, restart it
+                bridge.kill()
+            else:
+                stack.model_server.stop()
+                time.sleep(down)
+                paused_after = logged_monotonic(bridge.log(), "pausing input", failed)
+                stack.model_server.start()
+                recovered = time.monotonic()
+                recovery = first_result_after(recovered)
+        if backend == "embedded":
+            paused_after = 0.0
+            time.sleep(down)
+            recovered = time.monotonic()
+            with running_bridge(stack, case, topics, flags, backend=backend):
+                recovery = first_result_after(recovered)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        reader.close()
+    return {"paused_after_s": round(paused_after, 1), "recovery_to_first_result_s": round(recovery, 2)}
+
+
+def logged_monotonic(log: str, text: str, since: float) -> float:
+    """Seconds from `since` (time.monotonic()) to the first log line with `text` (nan if none)."""
+    try:
+        wall = logged_at(log, text)
+    except StopIteration:
+        return float("nan")
+    return wall - (time.time() - (time.monotonic() - since))
+
+
+def print_backends(results: list[dict]) -> None:
+    print("\ncase       backend    records/s (of gRPC)   p50 / p99 ms   CPU ms/record bridge + server = together"
+          "   peak RSS MiB bridge / server")
+    for result in results:
+        for backend, row in result["backends"].items():
+            print(f"  {result['case']:<9} {backend:<9} {row['records_per_s']:8.1f} ({result['of_grpc'][backend]:.2f})"
+                  f"        {row['p50_ms']:4d} / {row['p99_ms']:4d}    {row['bridge_cpu_ms_per_record']:6.2f} + "
+                  f"{row['model_server_cpu_ms_per_record']:6.2f} = {row['together_cpu_ms_per_record']:6.2f}"
+                  f"                {row['bridge_peak_rss_mib']:4d} / {row['model_server_peak_rss_mib']:4d}")
+        print(f"  {result['case']:<9} one at a time {result['demo_pattern_records_per_s']:5.1f}")
+
+
 def has_address_policy(root: Path) -> bool:
     """Whether the bridge in this checkout refuses loopback unless allowed (and so needs --fetch-allow)."""
     return "fetch_allow" in (root / "bridge" / "config.py").read_text()
@@ -459,6 +585,7 @@ def main() -> int:
     parser.add_argument("--case", choices=sorted(CASES), action="append", help="run only these cases")
     parser.add_argument("--variants", action="store_true", help="also run other settings on digits")
     parser.add_argument("--compare", metavar="REV", help="only the digits defaults, against the bridge of REV")
+    parser.add_argument("--backends", action="store_true", help="each model backend instead (gRPC, REST, embedded)")
     args = parser.parse_args()
     names = args.case or list(CASES)
     models = sorted({CASES[name].model for name in names})
@@ -466,6 +593,20 @@ def main() -> int:
     with local_stack(partitions=PARTITIONS, digits=200, models=models, photos=64) as stack:
         if args.compare:
             compare(stack, args.compare)
+            return 0
+        if args.backends:
+            backends = [run_backends(stack, name, CASES[name]) for name in names]
+            # Last: they stop and start the model server.
+            print("\noutages (digits, 50 records/s; gRPC and REST: the model server down 10 s; embedded: the bridge "
+                  "killed and restarted after 10 s)", flush=True)
+            outages = {}
+            for backend in BACKENDS:
+                outages[backend] = outage = run_outage(stack, CASES["digits"], backend)
+                print(f"  {backend:<9} input paused {outage['paused_after_s']} s after the failure; first result "
+                      f"{outage['recovery_to_first_result_s']} s after recovery", flush=True)
+            print_backends(backends)
+            print("BENCHMARK_JSON " + json.dumps({"partitions": PARTITIONS, "cpus": os.cpu_count(),
+                                                  "backends": backends, "outages": outages}))
             return 0
         results = [run_case(stack, name, CASES[name], args.variants and name == "digits") for name in names]
     print("\ncase        ceiling   bridge (of ceiling)   demo pattern (bridge x)   p99 / target   CPU ms/record")

@@ -4,22 +4,30 @@ Starts a real Kafka broker, the model server (digits model on real TensorFlow) a
 digit images, runs `tfs-bridge run`, sends image URLs (and two bad records) to ImageInputTopic, and prints the
 predictions and dead letters a read_committed reader sees. Everything is stopped at the end.
 
-    scripts/demo.sh            (= scripts/setup.sh, then python -m scripts.demo)
+    scripts/demo.sh [--backend grpc|rest|embedded]     (= scripts/setup.sh, then python -m scripts.demo)
+
+--backend: the bridge calls the model server's gRPC API (the default) or its TF Serving REST API, or runs the
+exported model.tflite itself.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 
-from scripts.local_stack import TOPICS, local_stack
+from scripts.local_stack import BACKENDS, TOPICS, local_stack
 
 SAMPLES = 12
 BAD_RECORDS = ["this is not a url", "http://127.0.0.1:9/missing.png"]
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=BACKENDS, default="grpc", help="how the bridge reaches the model")
+    args = parser.parse_args(argv)
     from confluent_kafka import Producer
 
     from scripts.kafka_io import read_topic  # the same read_committed reader the tests use
@@ -27,9 +35,10 @@ def main() -> int:
     print("starting Kafka, the model server and an image server ...", flush=True)
     with local_stack(partitions=3, digits=SAMPLES) as stack:
         bootstrap = stack.kafka.bootstrap_servers
-        print(f"Kafka on {bootstrap}, model server on {stack.model_address}, images on {stack.digits.server.base_url}")
+        model = stack.model_server_flag(args.backend)
+        print(f"Kafka on {bootstrap}, the model ({args.backend}) at {model}, images on {stack.digits.server.base_url}")
         urls = list(stack.digits.labels)
-        with stack.bridge("--progress-interval-ms", "0") as bridge:
+        with stack.bridge("--progress-interval-ms", "0", backend=args.backend) as bridge:
             producer = Producer({"bootstrap.servers": bootstrap, "log_level": 3})
             for value in urls + BAD_RECORDS:
                 producer.produce(TOPICS["input"], value.encode())

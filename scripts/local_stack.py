@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from scripts.bridge_process import BridgeProcess
 from scripts.image_server import ImageServer
@@ -90,27 +91,45 @@ def serve_photos(server: ImageServer, count: int, seed: int = 0) -> list[str]:
             for index, body in enumerate(photo_jpegs(count, seed=seed))]
 
 
+BACKENDS = ("grpc", "rest", "embedded")
+
+
 @dataclass
 class LocalStack:
     kafka: LocalKafka
-    model_address: str
+    model_address: str  # the model server's gRPC API
     digits: DigitSamples
     work_dir: Path
     photos: list[str] = field(default_factory=list)  # URLs of synthetic photos (local_stack(photos=N))
     model_pid: int | None = None  # the model server's process (for CPU and memory figures)
+    rest_url: str = ""  # the model server's TF Serving REST API
+    models_dir: Path | None = None  # the exported models (<dir>/<model>/1/{saved_model.pb,model.tflite})
+    model_server: Any = None  # its serving.process.ModelServerProcess (to stop and start it)
+
+    def model_server_flag(self, backend: str, model: str = "digits") -> str:
+        """--model-server for a backend of BACKENDS: the gRPC address, the REST URL, or the model's .tflite."""
+        if backend == "rest":
+            return self.rest_url
+        if backend == "embedded":
+            assert self.models_dir is not None
+            return str(self.models_dir / model / "1" / "model.tflite")
+        return self.model_address
 
     @contextlib.contextmanager
     def bridge(self, *flags: str, log_name: str = "bridge.log", root: Path = ROOT,
-               allow_local_images: bool = True) -> Iterator[BridgeProcess]:
+               allow_local_images: bool = True, backend: str = "grpc", model: str = "digits"
+               ) -> Iterator[BridgeProcess]:
         """`tfs-bridge run` on this stack as a child process; stopped with SIGTERM when the block ends.
 
         allow_local_images: open the address policy for 127.0.0.1, where the sample images are served.
-        root: the checkout whose bridge runs (for comparisons with an older commit)."""
+        root: the checkout whose bridge runs (for comparisons with an older commit).
+        backend: which of BACKENDS the bridge uses for `model`."""
         local = ("--fetch-allow", "127.0.0.1") if allow_local_images else ()
         # No metrics port unless asked for: a stack may run several bridges (an older commit knows no such flag).
         quiet = ("--metrics-port", "0") if root == ROOT else ()
         bridge = BridgeProcess(self.work_dir / log_name, "--bootstrap-servers", self.kafka.bootstrap_servers,
-                               "--model-server", self.model_address, *local, *quiet, *flags, root=root).start()
+                               "--model-server", self.model_server_flag(backend, model), *local, *quiet, *flags,
+                               root=root).start()
         try:
             yield bridge
         finally:
@@ -128,7 +147,8 @@ def local_stack(partitions: int = 3, digits: int = 100, kafka_port: int | None =
     work_dir = Path(tempfile.mkdtemp(prefix="tfs-bridge-"))
     port = kafka_port or (DEFAULT_PORT if not port_open(DEFAULT_PORT) else free_port())
     kafka = LocalKafka(work_dir / "kafka", port=port)
-    model_server = ModelServerProcess(exported_models(models), free_port())
+    models_dir = exported_models(models)
+    model_server = ModelServerProcess(models_dir, free_port(), rest_port=free_port())
     samples = None
     photo_server = None
     try:
@@ -140,7 +160,8 @@ def local_stack(partitions: int = 3, digits: int = 100, kafka_port: int | None =
         if photos > 0:
             photo_server = ImageServer().start()
             photo_urls = serve_photos(photo_server, photos)
-        yield LocalStack(kafka, model_server.address, samples, work_dir, photo_urls, model_server.pid)
+        yield LocalStack(kafka, model_server.address, samples, work_dir, photo_urls, model_server.pid,
+                         model_server.rest_url or "", models_dir, model_server)
     finally:
         if photo_server is not None:
             photo_server.stop()
