@@ -14,7 +14,8 @@ because of it. Any other exception raised while handling one record is that reco
     │   ├── PredictionRejected       stage "predict": the model rejected this image alone
     │   ├── OutputError              stage "output": the result cannot be encoded or is too large for Kafka
     │   └── UnexpectedRecordError    any other exception while handling the record, at the stage it happened
-    ├── ModelServerError             one model-server gRPC call failed (.code); the predictor decides what it means
+    ├── ModelServerError             one model-backend call failed (.code: its canonical gRPC status code,
+    │   │                            also for REST and embedded); the predictor decides what it means
     │   ├── ModelServerUnavailable   UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED...: retry, then pause
     │   ├── ModelServerRefused       UNAUTHENTICATED, PERMISSION_DENIED, UNIMPLEMENTED: the server refuses every call
     │   ├── ModelNotFound            NOT_FOUND, FAILED_PRECONDITION: wrong or unloaded model, version or signature
@@ -94,7 +95,7 @@ class UnexpectedRecordError(RecordError):
 # --- one model-server call -------------------------------------------------------------------------------------
 
 class ModelServerError(BridgeError):
-    """A call to the model server failed."""
+    """A call to the model backend failed; `code` is the canonical status code that names the failure."""
 
     def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
         super().__init__(message)

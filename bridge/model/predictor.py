@@ -1,5 +1,8 @@
 """Predict on a batch of prepared images with retries, and tell images the model rejects from a model that fails.
 
+Every backend (bridge.model.backend) reports a failed call with a canonical status code: gRPC's own, the one a
+REST status stands for (bridge.model.rest_errors), or INVALID_ARGUMENT / INTERNAL from the embedded model.
+
 - UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED: retried with exponential backoff and jitter. One retry
   budget covers the whole batch, bisection included; once it is spent, ModelUnusable goes up (the loop pauses).
 - UNAUTHENTICATED, PERMISSION_DENIED, UNIMPLEMENTED, NOT_FOUND, FAILED_PRECONDITION: the server refuses every
