@@ -7,7 +7,8 @@ weights, downloaded), mobilenet (MobileNetV2 with random weights and labels clas
 for benchmarks).
 
 Writes DIR/<model>/<version>/ (saved_model.pb + variables/) with three signatures that all
-return the same outputs:
+return the same outputs, and beside them model.tflite: serving_default converted for LiteRT (the
+bridge's embedded backend), checked against the SavedModel before it is written:
 
     serving_default  images       DT_UINT8  [-1, H, W, 3]
     bytes            image_bytes  DT_STRING [-1]    (encoded PNG or JPEG, any size)
@@ -15,6 +16,10 @@ return the same outputs:
 
     outputs: scores DT_FLOAT [-1, C] (softmax), classes DT_STRING [-1, C] (labels aligned with
              scores), top_class DT_STRING [-1] (label with the highest score)
+
+model.tflite holds serving_default only, with the same input and output names (the converter names the
+signature of a single function serving_default, and those of several after TensorFlow's graph names). The
+bytes signature could not be in it anyway: LiteRT has no image decoding ops.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -38,6 +43,10 @@ MIN_DIGITS_ACCURACY = 0.90
 SEED = 0
 MOBILENET_SIZE = 224
 MOBILENET_CLASSES = 1000
+TFLITE_FILE = "model.tflite"
+TFLITE_SIGNATURE = "serving_default"
+TFLITE_CHECK_IMAGES = 8
+TFLITE_SCORE_ATOL = 1e-4
 
 
 class ImageClassifierModule(tf.Module):
@@ -203,17 +212,104 @@ def score_problem(module: ImageClassifierModule) -> str | None:
 # --------------------------------------------------------------------------- export
 
 
-def save_servable(module: ImageClassifierModule, output_dir: Path, name: str, version: int) -> Path:
-    """Save atomically to DIR/<name>/<version> (TF Serving ignores non-numeric dirs meanwhile)."""
+def save_servable(module: ImageClassifierModule, output_dir: Path, name: str, version: int,
+                  sample_images: np.ndarray) -> Path:
+    """Save atomically to DIR/<name>/<version> (TF Serving ignores non-numeric dirs meanwhile), with
+    model.tflite beside the SavedModel (checked on sample_images first; TFLiteMismatch if it disagrees)."""
     model_dir = output_dir / name
     final = model_dir / str(version)
     tmp = model_dir / f".tmp-{version}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     model_dir.mkdir(parents=True, exist_ok=True)
     tf.saved_model.save(module, str(tmp), signatures=module.signatures())
+    try:
+        print(write_tflite(tmp, sample_images), flush=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     return final
+
+
+# --------------------------------------------------------------------------- LiteRT (.tflite)
+
+
+class TFLiteMismatch(RuntimeError):
+    """The converted model does not answer like the SavedModel."""
+
+
+def write_tflite(version_dir: Path, sample_images: np.ndarray) -> str:
+    """Convert the saved serving_default to version_dir/model.tflite; returns what was done, for the log.
+
+    Converted from the loaded signature's concrete function: from_saved_model drops the weights of the Keras
+    model inside the tf.Module (TF 2.21: a 9 KB file for digits, answering NaN or the same for every image).
+    """
+    started = time.monotonic()
+    loaded = tf.saved_model.load(str(version_dir))
+    function = loaded.signatures[TFLITE_SIGNATURE]
+    inputs = function.structured_input_signature[1]
+    if any(spec.dtype == tf.string for spec in inputs.values()):
+        return f"no {TFLITE_FILE}: {TFLITE_SIGNATURE} takes encoded images, which LiteRT cannot decode"
+    content = tf.lite.TFLiteConverter.from_concrete_functions([function], trackable_obj=loaded).convert()
+    try:
+        agreement = check_tflite(content, function, sample_images)
+    except TFLiteMismatch as exc:
+        raise TFLiteMismatch(f"{TFLITE_FILE} does not answer like the SavedModel's {TFLITE_SIGNATURE}: {exc}") from None
+    (version_dir / TFLITE_FILE).write_bytes(content)
+    return (f"{TFLITE_FILE}: {len(content) / 1e6:.2f} MB, signature {TFLITE_SIGNATURE}: {agreement}; "
+            f"converted and checked in {time.monotonic() - started:.1f}s")
+
+
+def litert_interpreter(content: bytes) -> Any:
+    """The bridge's LiteRT (ai-edge-litert) when installed, else TensorFlow's own copy of it."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        Interpreter = tf.lite.Interpreter
+    return Interpreter(model_content=content)
+
+
+def check_tflite(content: bytes, function: tf.types.experimental.ConcreteFunction, images: np.ndarray) -> str:
+    """Run the converted model and the SavedModel's function on `images`; TFLiteMismatch if they differ, else a
+    summary. Top-1 is compared where it is clear (the best two scores more than 2 atol apart): a tie (e.g.
+    mobilenet's random weights give every class 0.001) may break either way, and the scores check covers it."""
+    weights = sum(int(np.prod(v.shape)) * v.dtype.size for v in function.variables)
+    if len(content) < weights / 2:
+        raise TFLiteMismatch(f"{len(content)} bytes cannot hold the model's {weights} bytes of weights")
+    interpreter = litert_interpreter(content)
+    signatures = interpreter.get_signature_list()
+    inputs, outputs = sorted(function.structured_input_signature[1]), sorted(function.structured_outputs)
+    found = signatures.get(TFLITE_SIGNATURE)
+    if found is None or sorted(found["inputs"]) != inputs or sorted(found["outputs"]) != outputs:
+        raise TFLiteMismatch(f"signatures {signatures}, expected {TFLITE_SIGNATURE} with inputs {inputs} "
+                             f"and outputs {outputs}")
+    (name,) = inputs
+    got = interpreter.get_signature_runner(TFLITE_SIGNATURE)(**{name: images})
+    want = {key: value.numpy() for key, value in function(**{name: tf.constant(images)}).items()}
+    scores, tflite_scores = want["scores"], got["scores"]
+    difference = float(np.abs(tflite_scores - scores).max())
+    if difference > TFLITE_SCORE_ATOL:
+        raise TFLiteMismatch(f"scores differ by up to {difference:.2g} (atol {TFLITE_SCORE_ATOL})")
+    best_two = np.sort(scores, axis=1)[:, -2:]
+    clear = best_two[:, 1] - best_two[:, 0] > 2 * TFLITE_SCORE_ATOL
+    if not np.array_equal(tflite_scores.argmax(axis=1)[clear], scores.argmax(axis=1)[clear]):
+        raise TFLiteMismatch("the top-1 classes differ")
+    for key, value in want.items():
+        rows = clear if value.ndim == 1 else slice(None)  # a 1-D string output (top_class) follows the top-1
+        if value.dtype == object and not np.array_equal(got[key][rows], value[rows]):
+            raise TFLiteMismatch(f"output {key} differs: {got[key].ravel()[:3]} vs {value.ravel()[:3]}")
+    ties = f" ({len(images) - int(clear.sum())} too close to call)" if not clear.all() else ""
+    strings = "".join(f", {key} equal" for key, value in sorted(want.items()) if value.dtype == object)
+    return f"top-1 agrees on {int(clear.sum())} of {len(images)} images{ties}, scores within {difference:.1g}{strings}"
+
+
+def check_images(model: str, size: int) -> np.ndarray:
+    """Images to compare the .tflite with the SavedModel on: held-out digits, else seeded random pixels."""
+    if model == "digits":
+        _, _, test_x, _ = digits.load_split(seed=SEED)
+        return digits.images_array(test_x[:TFLITE_CHECK_IMAGES])
+    return np.random.default_rng(SEED).integers(0, 256, (TFLITE_CHECK_IMAGES, size, size, 3), dtype=np.uint8)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -255,7 +351,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{type(exc).__name__}: {exc}".replace("\n", " "), file=sys.stderr)
             return 2
 
-    path = save_servable(module, args.output_dir, args.model, args.version)
+    try:
+        path = save_servable(module, args.output_dir, args.model, args.version,
+                             check_images(args.model, module.image_size))
+    except TFLiteMismatch as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     summary = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
     print(f"exported {args.model} version {args.version} to {path} "
           f"in {time.monotonic() - started:.1f}s {summary}".rstrip(), flush=True)
