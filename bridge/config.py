@@ -252,6 +252,8 @@ class Settings:
         if self.model_version is not None and self.version_label is not None:
             raise ConfigError(f"{_names('model_version')} and {_names('version_label')} are exclusive: set one")
         kind = backend_kind(self.model_server)
+        if kind is BackendKind.EMBEDDED and self.version_label is not None:
+            raise ConfigError(f"{_names('version_label')} needs a model server: a .tflite file has no version labels")
         if self.grpc_tls and kind is not BackendKind.GRPC:
             raise ConfigError(f"{_names('grpc_tls')} is for a gRPC model server; for TLS to TF Serving's REST API, "
                               "give an https:// URL as --model-server")

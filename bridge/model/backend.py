@@ -17,6 +17,7 @@ server-wide pause (bridge.model.predictor); no backend decides that itself.
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,8 +185,9 @@ def open_backend(settings: Settings) -> ModelBackend:
                            ca_cert=settings.grpc_ca_cert, pool_size=settings.max_in_flight + 2)
     if kind is BackendKind.EMBEDDED:
         from bridge.model.embedded_backend import EmbeddedBackend
+        # More interpreters than cores add memory (a model's worth each), not speed.
         return EmbeddedBackend(Path(settings.model_server), settings.model_target(),
-                               instances=settings.max_in_flight)
+                               instances=min(settings.max_in_flight, os.cpu_count() or 1))
     from bridge.model.grpc_backend import GrpcBackend
     return GrpcBackend(grpc_servers(settings.model_server), settings.model_target(), timeout=timeout,
                        credentials=settings.grpc_credentials())

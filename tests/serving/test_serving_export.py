@@ -23,6 +23,10 @@ def test_export_layout_and_accuracy(export_result: dict) -> None:
     assert float(match[1]) >= 0.95 and float(match[2]) >= 0.95
     assert re.search(r"^exported digits version 1 to .*digits/1 in [\d.]+s", export_result["stdout"], re.M)
     assert export_result["seconds"] < 120
+    # The .tflite beside it, checked at export against the SavedModel (the export fails when they disagree).
+    assert (version_dir / "model.tflite").is_file()
+    assert re.search(r"^model\.tflite: [\d.]+ MB, signature serving_default: top-1 agrees on 8 of 8",
+                     export_result["stdout"], re.M), export_result["stdout"]
 
 
 def test_export_models_raises_with_the_exports_error(tmp_path: Path) -> None:

@@ -230,6 +230,11 @@ def test_grpc_tls_is_refused_where_it_cannot_apply(value):
     assert message.startswith("--grpc-tls (TFS_BRIDGE_GRPC_TLS) is for a gRPC model server")
 
 
+def test_a_version_label_needs_a_model_server():
+    message = error_of(["--model-server", "m.tflite", "--version-label", "stable"])
+    assert message.startswith("--version-label (TFS_BRIDGE_VERSION_LABEL) needs a model server")
+
+
 def test_a_ca_bundle_goes_with_an_https_model_server():
     settings = parse_settings(["--model-server", "https://tfserving:8501", "--grpc-ca-cert", __file__], {})
     assert settings.grpc_ca_cert is not None
