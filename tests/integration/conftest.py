@@ -58,12 +58,15 @@ def read_outcomes(kafka, topics: BridgeTopics, expect: int, timeout: float = 120
     outputs: list = []
     dead: list = []
     deadline = time.monotonic() + timeout
+    read_for = 2.0
     while time.monotonic() < deadline:
-        # Short reads: while the bridge holds a transaction open, the end of the topic is not reachable yet.
-        outputs = read_topic(kafka.bootstrap_servers, topics.output, timeout=2)
+        # Short reads first: while the bridge holds a transaction open, the end of the topic is not reachable yet.
+        # Longer ones later: a read from the beginning of a large topic needs more than 2 s to reach every end.
+        outputs = read_topic(kafka.bootstrap_servers, topics.output, timeout=read_for)
         dead = read_topic(kafka.bootstrap_servers, topics.dead_letters, timeout=2)
         if len(outputs) + len(dead) >= expect:
             break
+        read_for = min(read_for + 2, 15.0)
         time.sleep(1)
     return outputs, dead
 

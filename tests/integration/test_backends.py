@@ -35,16 +35,17 @@ def tflite_model(models_dir):
     return str(path)
 
 
-def sigkill_and_restart(kafka, topics, image_server, held_out, start_bridge, model_address):
-    truth = send_digits(kafka, topics, image_server, held_out, 400)
+def sigkill_and_restart(kafka, topics, image_server, held_out, start_bridge, model_address, records):
+    """`records`: enough that the stream still flows when the first bridge is killed."""
+    truth = send_digits(kafka, topics, image_server, held_out, records)
     first = start_bridge("--transactional-id", f"{topics.group}-instance", "--max-batch-size", "8",
                          model_address=model_address)
     wait_for_outputs(kafka, topics, 40)
     first.kill()  # SIGKILL: no chance to commit or abort
-    assert count_outputs(kafka, topics) < 400  # it died mid-stream
+    assert count_outputs(kafka, topics) < records  # it died mid-stream
 
     second = start_bridge("--transactional-id", f"{topics.group}-instance", model_address=model_address)
-    outputs, dead = read_outcomes(kafka, topics, expect=400)
+    outputs, dead = read_outcomes(kafka, topics, expect=records)
     assert_exactly_once(outputs, dead, truth)
     assert accuracy(outputs, truth) >= 0.9
     assert second.terminate() == 0
@@ -53,13 +54,14 @@ def sigkill_and_restart(kafka, topics, image_server, held_out, start_bridge, mod
 
 def test_rest_a_killed_bridge_restarted_leaves_each_input_exactly_once(
         kafka, topics, image_server, held_out, start_bridge, rest_model_server):
-    sigkill_and_restart(kafka, topics, image_server, held_out, start_bridge, rest_model_server.rest_url)
+    sigkill_and_restart(kafka, topics, image_server, held_out, start_bridge, rest_model_server.rest_url, 400)
     assert rest_model_server.running
 
 
 def test_embedded_a_killed_bridge_restarted_leaves_each_input_exactly_once(
         kafka, topics, image_server, held_out, start_bridge, tflite_model):
-    outputs = sigkill_and_restart(kafka, topics, image_server, held_out, start_bridge, tflite_model)
+    # The model in the bridge is quick on digits: more records, so that the kill comes mid-stream.
+    outputs = sigkill_and_restart(kafka, topics, image_server, held_out, start_bridge, tflite_model, 4000)
     assert {o["model"]["name"] for o in values(outputs)} == {"digits"}
 
 
