@@ -205,7 +205,7 @@ class BridgeRun:
     bridge_rss_mib: float
     cores_busy: float  # CPU seconds of all four per second of the run
     bridge_threads_ms: dict[str, float]  # the bridge's CPU ms/record by thread group
-    server_rss_mib: float = 0.0  # the model server's peak so far (it serves every run of the benchmark)
+    server_rss_mib: float = 0.0  # the model server's peak so far (one server serves every run of the benchmark)
 
 
 def run_bridge(stack, case: Case, urls: list[str], flags: list[str], root: Path = ROOT,
@@ -449,12 +449,14 @@ def run_backends(stack, name: str, case: Case) -> dict:
             "bridge_cpu_ms_per_record": round(run.bridge_cpu_ms, 2),
             "model_server_cpu_ms_per_record": round(run.server_cpu_ms, 2),
             "together_cpu_ms_per_record": round(run.bridge_cpu_ms + run.server_cpu_ms, 2),
-            "bridge_peak_rss_mib": round(run.bridge_rss_mib), "model_server_peak_rss_mib": round(run.server_rss_mib)}
+            "bridge_peak_rss_mib": round(run.bridge_rss_mib),
+            # The model server idles while the bridge runs the model itself.
+            "model_server_peak_rss_mib": None if backend == "embedded" else round(run.server_rss_mib)}
         print(f"  {backend:<9} {row['records_per_s']:7.1f} records/s; at {row['latency_at_records_per_s']:.0f}/s "
               f"p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms; CPU ms/record: bridge "
               f"{row['bridge_cpu_ms_per_record']:.2f} + model server {row['model_server_cpu_ms_per_record']:.2f} = "
               f"{row['together_cpu_ms_per_record']:.2f}; peak RSS bridge {row['bridge_peak_rss_mib']} MiB, model "
-              f"server {row['model_server_peak_rss_mib']} MiB", flush=True)
+              f"server {row['model_server_peak_rss_mib'] or '-'} MiB", flush=True)
     demo = run_one_at_a_time(stack, case, urls)
     print(f"  one record at a time (gRPC, the demo pattern): {demo:.1f} records/s", flush=True)
     grpc_rate = rows["grpc"]["records_per_s"]
@@ -550,7 +552,7 @@ def print_backends(results: list[dict]) -> None:
             print(f"  {result['case']:<9} {backend:<9} {row['records_per_s']:8.1f} ({result['of_grpc'][backend]:.2f})"
                   f"        {row['p50_ms']:4d} / {row['p99_ms']:4d}    {row['bridge_cpu_ms_per_record']:6.2f} + "
                   f"{row['model_server_cpu_ms_per_record']:6.2f} = {row['together_cpu_ms_per_record']:6.2f}"
-                  f"                {row['bridge_peak_rss_mib']:4d} / {row['model_server_peak_rss_mib']:4d}")
+                  f"                {row['bridge_peak_rss_mib']:4d} / {row['model_server_peak_rss_mib'] or '-':>4}")
         print(f"  {result['case']:<9} one at a time {result['demo_pattern_records_per_s']:5.1f}")
 
 

@@ -19,9 +19,15 @@ from bridge.tfs_api import (get_model_metadata_pb2, get_model_status_pb2, model_
 
 # TF Serving accepts messages up to 2 GiB; Python gRPC's default of 4 MB would reject a batch of big images.
 MAX_MESSAGE_BYTES = 2**31 - 1
+# gRPC's reconnect backoff grows to 120 s by default: after a 10 s outage the bridge found the server back
+# only 10 s after it was (scripts/benchmark.py --backends, outages). Capped, reconnecting costs a few attempts.
+MAX_RECONNECT_BACKOFF_MS = 1000
 CHANNEL_OPTIONS = (
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
 )
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.State.AVAILABLE

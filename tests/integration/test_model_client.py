@@ -1,5 +1,6 @@
 """The bridge's gRPC client against the TF-Serving-compatible model server on real TensorFlow."""
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -8,7 +9,7 @@ import pytest
 
 from bridge.errors import ModelNotFound, ModelRejectedInput, ModelServerUnavailable
 from bridge.model.backend import ModelTarget
-from bridge.model.grpc_backend import GrpcBackend
+from bridge.model.grpc_backend import MAX_RECONNECT_BACKOFF_MS, GrpcBackend
 from bridge.model.signature import InputKind
 from scripts.kafka_local import free_port
 
@@ -109,6 +110,29 @@ def test_an_unreachable_server_is_unavailable_not_a_crash():
         assert not client.is_available()
         with pytest.raises(ModelServerUnavailable):
             client.predict({"images": one_image()})
+
+
+def test_a_server_back_after_an_outage_is_found_within_the_reconnect_backoff_cap(models_dir):
+    from serving.process import ModelServerProcess
+
+    server = ModelServerProcess(models_dir, free_port())
+    server.start()
+    try:
+        with client_for(server) as client:
+            assert client.is_available()
+            server.stop()
+            down_until = time.monotonic() + 10  # long enough for gRPC's default backoff to grow past 5 s
+            while time.monotonic() < down_until:
+                assert not client.is_available(timeout=0.5)
+                time.sleep(0.5)
+            server.start()
+            back = time.monotonic()
+            while not client.is_available(timeout=0.5) and time.monotonic() - back < 30:
+                time.sleep(0.05)
+            found_after = time.monotonic() - back
+    finally:
+        server.stop()
+    assert found_after < 1 + MAX_RECONNECT_BACKOFF_MS / 1000, f"found the server {found_after:.1f} s after it was back"
 
 
 def test_a_full_request_queue_answers_unavailable(models_dir):
