@@ -65,8 +65,9 @@ def predict_body(signature: ImageSignature, images: np.ndarray | Sequence[bytes]
                         option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def predict_outputs(signature: ImageSignature, answer: Any) -> dict[str, np.ndarray]:
-    """The outputs of a columnar :predict answer as arrays: numbers as float32, strings as bytes objects."""
+def predict_outputs(signature: ImageSignature, answer: Any, with_labels: bool = True) -> dict[str, np.ndarray]:
+    """The outputs of a columnar :predict answer as arrays: scores as float32, labels as bytes objects (left out
+    unless with_labels)."""
     if not isinstance(answer, dict) or "outputs" not in answer:
         raise ModelServerError("the :predict answer has no \"outputs\"")
     outputs = answer["outputs"]
@@ -74,7 +75,7 @@ def predict_outputs(signature: ImageSignature, answer: Any) -> dict[str, np.ndar
         outputs = {signature.scores_output: outputs}
     arrays = {}
     for name, value in outputs.items():
-        if name == signature.labels_output:
+        if name == signature.labels_output and with_labels:
             arrays[name] = _strings(value)
         elif name == signature.scores_output:
             try:
@@ -87,15 +88,25 @@ def predict_outputs(signature: ImageSignature, answer: Any) -> dict[str, np.ndar
 def _strings(value: Any) -> np.ndarray:
     """A JSON array of strings (or {"b64": ...} objects) as an object array of bytes."""
     items = np.array(value, dtype=object)
-    strings = np.empty(items.shape, dtype=object)
-    for index, item in np.ndenumerate(items):
-        if isinstance(item, str):
-            strings[index] = item.encode("utf-8")
-        elif isinstance(item, dict) and isinstance(item.get("b64"), str):
-            strings[index] = base64.b64decode(item["b64"])
-        else:
-            raise ModelServerError(f"a string output holds {type(item).__name__}, not a string")
-    return strings
+    flat = items.ravel()
+    try:
+        encoded = [item.encode("utf-8") for item in flat]
+    except AttributeError:  # not all strings: b64 objects, or something that is no string at all
+        encoded = [_string(item) for item in flat]
+    strings = np.empty(len(encoded), dtype=object)
+    strings[:] = encoded
+    return strings.reshape(items.shape)
+
+
+def _string(item: Any) -> bytes:
+    if isinstance(item, str):
+        return item.encode("utf-8")
+    if isinstance(item, dict) and isinstance(item.get("b64"), str):
+        try:
+            return base64.b64decode(item["b64"], validate=True)
+        except ValueError:
+            pass
+    raise ModelServerError(f"a string output holds {type(item).__name__}, not a string")
 
 
 class RestBackend:
@@ -158,13 +169,14 @@ class RestBackend:
 
     def predict_images(self, signature: ImageSignature, images: np.ndarray | Sequence[bytes],
                        with_labels: bool = True, timeout: float | None = None) -> Prediction:
-        """POST :predict for the batch. The REST API has no output filter: with_labels changes nothing."""
+        """POST :predict for the batch. The REST API has no output filter: every output comes back, and
+        with_labels=False only leaves the labels undecoded."""
         body = predict_body(signature, images)
         answer = self._call("POST", model_path(self.target) + ":predict", body, timeout,
                             f"Predict on {self.target.describe()}")
         with self._lock:
             version = self._served_version
-        return Prediction(predict_outputs(signature, answer), self.target.name, version, signature.name)
+        return Prediction(predict_outputs(signature, answer, with_labels), self.target.name, version, signature.name)
 
     def _call(self, method: str, path: str, body: bytes | None, timeout: float | None, what: str) -> Any:
         """One request under one deadline; the parsed JSON answer, or the ModelServerError it maps to."""

@@ -219,6 +219,11 @@ def test_float_inputs_survive_the_json_round_trip():
     np.testing.assert_array_equal(sent, images)
 
 
+def test_labels_are_left_undecoded_when_not_wanted():
+    outputs = predict_outputs(PIXELS, {"outputs": {"scores": [[1.0]], "classes": [["cat"]]}}, with_labels=False)
+    assert list(outputs) == ["scores"]
+
+
 def test_string_outputs_may_come_as_b64():
     outputs = predict_outputs(PIXELS, {"outputs": {"scores": [[1.0]], "classes": [[{"b64": "Y2F0"}]]}})
     assert outputs["classes"].tolist() == [[b"cat"]]
