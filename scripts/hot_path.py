@@ -57,6 +57,17 @@ def request_building() -> None:
             ("framed by hand (one join)", lambda: predict_request_bytes(target.spec(), "images", batch, ["scores"])))
 
 
+def rest_request_building() -> None:
+    import orjson
+
+    from bridge.model.pixels_json import uint8_json
+
+    batch = np.random.default_rng(0).integers(0, 256, (32, 224, 224, 3), dtype=np.uint8)
+    compare("REST :predict inputs, JSON of 32 x 224 x 224 x 3 uint8",
+            ("orjson (numpy arrays natively)", lambda: orjson.dumps(batch, option=orjson.OPT_SERIALIZE_NUMPY)),
+            ("fixed-width numbers filled in by numpy", lambda: uint8_json(batch)), repeat=5)
+
+
 def answer_decoding() -> None:
     scores = np.random.default_rng(0).random((32, 1000), dtype=np.float32)
     with_labels = predict_pb2.PredictResponse()
@@ -110,6 +121,7 @@ def decoding() -> None:
 
 def main() -> int:
     request_building()
+    rest_request_building()
     answer_decoding()
     decoding()
     return 0

@@ -32,6 +32,7 @@ from google.protobuf import json_format
 from bridge.errors import ModelServerError, ModelServerUnavailable, SignatureError
 from bridge.images.http_transport import DeadlineAdapter, SocketReaper
 from bridge.model.backend import ModelTarget, Prediction, VersionStatus, signature_from_metadata
+from bridge.model.pixels_json import uint8_json
 from bridge.model.rest_errors import http_error
 from bridge.model.signature import ImageSignature, InputKind
 from bridge.redact import redact_url
@@ -60,7 +61,7 @@ def predict_body(signature: ImageSignature, images: np.ndarray | Sequence[bytes]
     elif not isinstance(images, np.ndarray):
         raise SignatureError(f"signature {signature.name!r} takes a pixel array, not encoded bytes")
     else:
-        value = np.ascontiguousarray(images)
+        value = orjson.Fragment(uint8_json(np.ascontiguousarray(images)))
     return orjson.dumps({"signature_name": signature.name, "inputs": {signature.input.name: value}},
                         option=orjson.OPT_SERIALIZE_NUMPY)
 

@@ -20,6 +20,7 @@ from bridge.errors import (ModelNotFound, ModelRejectedInput, ModelServerError, 
                            ModelServerUnavailable)
 from bridge.model.backend import ModelTarget
 from bridge.model.rest_backend import RestBackend, model_path, predict_body, predict_outputs
+from bridge.model.pixels_json import uint8_json
 from bridge.model.rest_errors import MAX_MESSAGE_CHARS, error_message, http_error
 from bridge.model.signature import ImageSignature, InputKind, TensorSpec
 from bridge.model.tensors import DataType
@@ -308,6 +309,19 @@ def test_credentials_in_the_url_become_basic_auth_and_are_never_shown(tfs):
     assert path == "/prefix/v1/models/digits"
     assert headers["Authorization"] == "Basic " + base64.b64encode(b"user:s3cret").decode()
     assert "s3cret" not in str(raised.value)
+
+
+@given(st.lists(st.integers(1, 4), min_size=1, max_size=5).flatmap(
+    lambda shape: st.lists(st.integers(0, 255), min_size=int(np.prod(shape)), max_size=int(np.prod(shape)))
+    .map(lambda values: np.array(values, dtype=np.uint8).reshape(shape))))
+def test_pixels_go_as_the_json_of_their_nested_lists(pixels):
+    assert json.loads(uint8_json(pixels)) == pixels.tolist()
+
+
+@pytest.mark.parametrize("array", [np.zeros((0, 2, 2, 3), np.uint8), np.float32([[0.5, 1.25]]), np.uint8(7)],
+                         ids=["empty", "float32", "scalar"])
+def test_other_arrays_go_as_orjson_writes_them(array):
+    assert json.loads(uint8_json(array)) == array.tolist()
 
 
 JSON_VALUES = st.recursive(st.none() | st.booleans() | st.floats(allow_nan=False) | st.integers() | st.text(),
