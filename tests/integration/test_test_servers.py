@@ -429,6 +429,73 @@ def test_rest_takes_a_large_json_batch(rest_server):
     assert np.array(response.json()["outputs"]["scores"]).shape == (2048, 10)
 
 
+def top_classes_and_scores(answer: dict) -> tuple[list[str], np.ndarray]:
+    """top_class and scores of a digits answer, columnar or row."""
+    if "outputs" in answer:
+        return answer["outputs"]["top_class"], np.array(answer["outputs"]["scores"])
+    rows = answer["predictions"]
+    return [row["top_class"] for row in rows], np.array([row["scores"] for row in rows])
+
+
+def post_predict(server: ModelServerProcess, body: bytes) -> tuple[int, Any]:
+    response = requests.post(f"{server.rest_url}/v1/models/digits:predict", data=body, timeout=120)
+    return response.status_code, response.json()
+
+
+def test_rest_large_json_arrays_give_the_grpc_answers_in_every_layout(rest_server):
+    """Bodies this large take the server's fast JSON path (numpy's parser for dense numeric arrays)."""
+    pixels = np.random.default_rng(1).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    expected = grpc_predict(rest_server, "serving_default", "images", uint8_tensor(pixels))
+    grpc_top = [label.decode() for label in expected.outputs["top_class"].string_val]
+    grpc_scores = np.array(expected.outputs["scores"].float_val).reshape(64, 10)
+    rows = pixels.tolist()
+    for doc, options in [({"inputs": rows}, {}), ({"inputs": {"images": rows}}, {"separators": (",", ":")}),
+                         ({"instances": rows}, {"indent": 1}),
+                         ({"signature_name": "serving_default", "instances": [{"images": row} for row in rows]}, {})]:
+        status, answer = post_predict(rest_server, json.dumps(doc, **options).encode())
+        assert status == 200, answer
+        top, scores = top_classes_and_scores(answer)
+        assert top == grpc_top
+        assert np.allclose(scores, grpc_scores, atol=1e-6)
+    status, answer = post_predict(rest_server, json.dumps({"signature_name": "float",
+                                                           "inputs": (pixels / 255.0).tolist()}).encode())
+    assert status == 200 and top_classes_and_scores(answer)[0] == grpc_top
+
+
+def test_rest_large_uint8_arrays_wrap_ints_beyond_a_byte_like_tf_serving(rest_server):
+    """json_tensor.cc takes any int32 for DT_UINT8 (into int_val, cast to uint8): 256 is 0 and -1 is 255."""
+    pixels = np.random.default_rng(2).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    wrapped = pixels.astype(np.int64)
+    wrapped[0, 0, 0, 0] += 256
+    wrapped[5, 6, 7, 1] -= 256
+    status, plain = post_predict(rest_server, json.dumps({"inputs": pixels.tolist()}).encode())
+    assert status == 200
+    assert post_predict(rest_server, json.dumps({"inputs": wrapped.tolist()}).encode()) == (200, plain)
+    wrapped[3, 4, 5, 2] = 2**31
+    assert post_predict(rest_server, json.dumps({"inputs": wrapped.tolist()}).encode()) == (
+        400, {"error": "JSON Value: 2147483648 Type: Number is not of expected type: uint8"})
+
+
+def test_rest_large_bad_json_arrays_answer_tf_servings_errors(rest_server):
+    rows = np.random.default_rng(3).integers(0, 256, (16, 32, 32, 3)).tolist()
+    for leaf, error in [([1, 2], "Encountered list at unexpected size: 2 at level: 3 expected size: 3"),
+                        (["7", 0, 0], 'JSON Value: "7" Type: String is not of expected type: uint8'),
+                        ([0.5, 0, 0], "JSON Value: 0.5 Type: Number is not of expected type: uint8"),
+                        ([None, 0, 0], "JSON Value: null Type: Null is not of expected type: uint8")]:
+        bad = json.loads(json.dumps(rows))
+        bad[3][5][7] = leaf
+        assert post_predict(rest_server, json.dumps({"inputs": bad}).encode()) == (400, {"error": error})
+    body = json.dumps({"inputs": rows}).encode()
+    leading_zero = body.replace(b"[[[[", b"[[[[0", 1)
+    assert post_predict(rest_server, leading_zero) == (
+        400, {"error": "JSON Parse error: Expecting ',' delimiter at offset: 16"})
+    plus = body.replace(b"[[[[", b"[[[[+", 1)
+    assert post_predict(rest_server, plus) == (400, {"error": "JSON Parse error: Expecting value at offset: 15"})
+    empty_field = body.replace(b", ", b", , ", 1)
+    status, answer = post_predict(rest_server, empty_field)
+    assert status == 400 and answer["error"].startswith("JSON Parse error: Expecting value at offset: ")
+
+
 def predict_calls(server: ModelServerProcess) -> int:
     found = re.findall(r"shutting down after (\d+) Predict calls", server.stderr_tail())
     assert found, server.stderr_tail()[-2000:]
