@@ -4,10 +4,11 @@
 
 A :predict body to a PredictRequest (serving/rest_api.py predict_request_from_json): the exact path (json, then
 nested lists to arrays; the only path before) against the fast one (numpy's C parser for large dense numeric
-arrays, json for the rest), on batches of 32 images as the bridge's REST backend writes them (orjson, no
-spaces), uint8 and float32, 224x224x3 and 28x28x3, one uint8 batch as json.dumps writes it (", ") and one
-of b64 strings (no numbers: what the fast path's scan costs where it finds nothing); beside them, orjson.loads
-alone (the floor of any parse to Python objects). Then an answer of 32 x 1000 scores with
+arrays, json for the rest), on batches of 32 images written by orjson (no spaces), uint8 and float32,
+224x224x3 and 28x28x3; one uint8 batch with every number padded to 3 characters (what the bridge's REST backend
+sends since bridge/model/pixels_json.py), one as json.dumps writes it (", "), and one of b64 strings (no
+numbers: what the fast path's scan costs where it finds nothing); beside them, orjson.loads alone (the floor
+of any parse to Python objects). Then an answer of 32 x 1000 scores with
 their 32,000 labels to bytes: json.dumps against answer_bytes (orjson).
 
 No network, no model: the server's own JSON work per batch. Imports TensorFlow (serving/ does), not bridge/.
@@ -56,6 +57,20 @@ def cpu_ms(steps: list[Callable[[], object]], repeat: int) -> list[float]:
     return [float(np.median(spent)) for spent in times]
 
 
+def padded_uint8_json(pixels: np.ndarray) -> bytes:
+    """JSON of a uint8 array with every number in 3 characters, padded with spaces: what the bridge's REST backend
+    sends now (bridge/model/pixels_json.py, not imported: bridge/ and TensorFlow share proto names)."""
+    cells = np.array([list(f"{value:3d},".encode()) for value in range(256)], dtype=np.uint8)
+    text = cells[pixels].reshape(*pixels.shape[:-1], pixels.shape[-1] * 4)
+    while True:
+        text[..., -1] = ord("]")
+        wrapped = np.empty((*text.shape[:-1], text.shape[-1] + 2), dtype=np.uint8)
+        wrapped[..., 0], wrapped[..., 1:-1], wrapped[..., -1] = ord("["), text, ord(",")
+        if wrapped.ndim == 1:
+            return wrapped[:-1].tobytes()
+        text = wrapped.reshape(*wrapped.shape[:-2], -1)
+
+
 def bodies() -> list[tuple[str, bytes, int]]:
     rng = np.random.default_rng(0)
     found = []
@@ -67,6 +82,10 @@ def bodies() -> list[tuple[str, bytes, int]]:
                                 option=orjson.OPT_SERIALIZE_NUMPY)
             found.append((f"{BATCH}x{size}x{size}x3 {name}", body, dtype))
         if size == 224:
+            body = orjson.dumps({"signature_name": "serving_default",
+                                 "inputs": {"images": orjson.Fragment(padded_uint8_json(pixels))}})
+            assert orjson.loads(body)["inputs"]["images"] == pixels.tolist()
+            found.append((f"{BATCH}x{size}x{size}x3 uint8 padded", body, types_pb2.DT_UINT8))
             body = json.dumps({"signature_name": "serving_default", "inputs": {"images": pixels.tolist()}}).encode()
             found.append((f"{BATCH}x{size}x{size}x3 uint8 json.dumps", body, types_pb2.DT_UINT8))
     images = [{"b64": base64.b64encode(rng.bytes(40_000)).decode()} for _ in range(BATCH)]  # JPEG-sized

@@ -41,6 +41,7 @@ from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import model_pb2
 
+from scripts.rest_server_json import padded_uint8_json
 from serving import rest_api
 from serving.servables import ServingError
 
@@ -323,7 +324,7 @@ def boundaries() -> None:
 
 
 def large_bodies() -> None:
-    """Image-sized bodies (as the bridge sends them, and as json.dumps writes them): the same outcome, taken
+    """Image-sized bodies (orjson's, the bridge's padded one, json.dumps's): the same outcome, taken
     by the fast path; a uint8 value 256 and -1 wrap like TF Serving's int_val; 2**31, 0.5, "7", true, a short
     row and a leading zero are the exact path's errors."""
     rng = np.random.default_rng(7)
@@ -331,6 +332,7 @@ def large_bodies() -> None:
     uint8 = infos_of({"images": types_pb2.DT_UINT8})
     floats = infos_of({"images": types_pb2.DT_FLOAT})
     for body in (orjson.dumps({"inputs": pixels}, option=orjson.OPT_SERIALIZE_NUMPY),
+                 orjson.dumps({"inputs": {"images": orjson.Fragment(padded_uint8_json(pixels))}}),
                  json.dumps({"instances": pixels.tolist()}).encode(),
                  json.dumps({"inputs": {"images": pixels.tolist()}}, indent=2).encode(),
                  json.dumps({"instances": [{"images": row} for row in pixels.tolist()]}).encode()):

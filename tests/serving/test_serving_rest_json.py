@@ -93,10 +93,11 @@ def test_fast_json_path_at_integer_and_float_boundaries(checks):
 
 
 def test_fast_json_path_on_image_sized_bodies(checks):
-    """8x32x32x3 uint8 and float32 bodies by the fast path; 256 and -1 in uint8 wrap (TF Serving's int_val),
+    """8x32x32x3 uint8 (orjson's, the bridge's padded to 3 characters, json.dumps's) and float32 bodies by
+    the fast path; 256 and -1 in uint8 wrap (TF Serving's int_val),
     2**31, 0.5, a string, null, a short row and a leading zero get the exact path's errors."""
     stats = passed(checks, "large_bodies")
-    assert stats["fast"] >= 6 and stats["error"] >= 5
+    assert stats["fast"] >= 7 and stats["error"] >= 5
 
 
 def test_answers_written_by_orjson_have_json_dumps_values(checks):
