@@ -80,7 +80,8 @@ def predict_outputs(signature: ImageSignature, answer: Any, with_labels: bool = 
             arrays[name] = _strings(value)
         elif name == signature.scores_output:
             try:
-                arrays[name] = np.asarray(value, dtype=np.float32)
+                with np.errstate(over="ignore"):  # beyond float32 is inf, as a float32 tensor over gRPC holds it
+                    arrays[name] = np.asarray(value, dtype=np.float32)
             except (TypeError, ValueError) as exc:
                 raise ModelServerError(f"output {name!r} is not an array of numbers: {exc}") from None
     return arrays
