@@ -34,6 +34,11 @@ from __future__ import annotations
 import grpc
 
 
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, at most `limit` characters ("" if it has none)."""
+    return " ".join(str(exc).split())[:limit]
+
+
 class BridgeError(Exception):
     """Root of every exception tfs-bridge raises on purpose."""
 
@@ -86,7 +91,7 @@ class UnexpectedRecordError(RecordError):
     """An exception the bridge did not foresee, raised while handling one record at `stage`."""
 
     def __init__(self, stage: str, cause: BaseException) -> None:
-        detail = " ".join(str(cause).split())[:300]
+        detail = one_line(cause)
         super().__init__(f"{type(cause).__name__}: {detail}" if detail else type(cause).__name__)
         self.stage = stage
         self.cause_type = type(cause).__name__

@@ -25,7 +25,7 @@ from urllib3.exceptions import ReadTimeoutError
 
 from bridge.images.address_policy import AddressPolicy, IPAddress, parse_host_address
 from bridge.errors import FetchBlocked, FetchError
-from bridge.images.http_transport import FetchScope, PinnedAdapter, SocketReaper
+from bridge.images.http_transport import FetchScope, PinnedAdapter, SocketReaper, failure_reason, root_cause
 from bridge.redact import redact_url
 
 _SCHEMES = ("http", "https")
@@ -195,19 +195,19 @@ class ImageFetcher:
 
     def _describe(self, exc: BaseException, url: str) -> str:
         host = urlsplit(url).hostname or "the host"
-        cause = _root_cause(exc)
+        cause = root_cause(exc)
         if isinstance(exc, requests.ConnectTimeout):
             return f"timed out after {self._limits.connect_timeout:g} s connecting to {host}"
         # A read timeout while streaming the body arrives as a ConnectionError wrapping urllib3's error.
         if isinstance(exc, requests.ReadTimeout) or isinstance(cause, (ReadTimeoutError, TimeoutError)):
             return f"timed out after {self._limits.read_timeout:g} s waiting for {host}"
         if isinstance(exc, requests.exceptions.SSLError):
-            return f"TLS error with host {host}: {_reason(cause)}"
+            return f"TLS error with host {host}: {failure_reason(cause)}"
         if isinstance(exc, requests.exceptions.ChunkedEncodingError):
             return f"connection to host {host} broke while reading {redact_url(url)}"
         if isinstance(exc, requests.ConnectionError):
-            return f"cannot connect to host {host}: {_reason(cause)}"
-        return f"cannot fetch {redact_url(url)}: {_reason(cause)}"
+            return f"cannot connect to host {host}: {failure_reason(cause)}"
+        return f"cannot fetch {redact_url(url)}: {failure_reason(cause)}"
 
 
 def _host_and_port(url: str) -> tuple[str, int]:
@@ -236,26 +236,6 @@ def _redirect_target(current: str, location: str) -> str:
     if scheme.lower() not in _SCHEMES:
         raise _error(f"redirected to unsupported URL scheme {scheme[:20]!r} from {redact_url(current)}")
     return target
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    """The innermost error under requests' and urllib3's wrappers (e.g. ConnectionRefusedError)."""
-    seen: set[int] = set()
-    while id(exc) not in seen:
-        seen.add(id(exc))
-        reason = getattr(exc, "reason", None)  # urllib3's MaxRetryError
-        inner = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
-        nxt = reason if isinstance(reason, BaseException) else inner or exc.__cause__ or exc.__context__
-        if nxt is None:
-            break
-        exc = nxt
-    return exc
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return type(exc).__name__  # not str(exc): urllib3 puts the connection object and URL in its messages
 
 
 def _error(message: str) -> FetchError:

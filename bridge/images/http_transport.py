@@ -107,6 +107,27 @@ class SocketReaper:
             scope.expire()
 
 
+def root_cause(exc: BaseException) -> BaseException:
+    """The innermost error under requests' and urllib3's wrappers (e.g. ConnectionRefusedError)."""
+    seen: set[int] = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        reason = getattr(exc, "reason", None)  # urllib3's MaxRetryError
+        inner = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
+        nxt = reason if isinstance(reason, BaseException) else inner or exc.__cause__ or exc.__context__
+        if nxt is None:
+            break
+        exc = nxt
+    return exc
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A few words for a connection failure: the OS's reason, or the error's type."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return type(exc).__name__  # not str(exc): urllib3 puts the connection object and URL in its messages
+
+
 def current_scope() -> FetchScope | None:
     return getattr(_current, "scope", None)
 
@@ -181,13 +202,20 @@ class PinnedHTTPSConnectionPool(HTTPSConnectionPool):
     ConnectionCls = PinnedHTTPSConnection
 
 
-class PinnedAdapter(HTTPAdapter):
-    """A pooling requests adapter whose connections are pinned to the current scope's checked address."""
+class _ScopedAdapter(HTTPAdapter):
+    """A pooling requests adapter whose pools make the connections of `pools` (by URL scheme)."""
+
+    pools: dict[str, type[HTTPConnectionPool]] = {}
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": PinnedHTTPConnectionPool,
-                                                   "https": PinnedHTTPSConnectionPool}
+        self.poolmanager.pool_classes_by_scheme = dict(self.pools)
+
+
+class PinnedAdapter(_ScopedAdapter):
+    """A pooling requests adapter whose connections are pinned to the current scope's checked address."""
+
+    pools = {"http": PinnedHTTPConnectionPool, "https": PinnedHTTPSConnectionPool}
 
 
 class WatchedHTTPConnection(_Watched, HTTPConnection):
@@ -206,10 +234,7 @@ class WatchedHTTPSConnectionPool(HTTPSConnectionPool):
     ConnectionCls = WatchedHTTPSConnection
 
 
-class DeadlineAdapter(HTTPAdapter):
+class DeadlineAdapter(_ScopedAdapter):
     """A pooling requests adapter whose sockets are shut down when the calling thread's scope expires."""
 
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": WatchedHTTPConnectionPool,
-                                                   "https": WatchedHTTPSConnectionPool}
+    pools = {"http": WatchedHTTPConnectionPool, "https": WatchedHTTPSConnectionPool}

@@ -28,7 +28,8 @@ from typing import Any
 import grpc
 import numpy as np
 
-from bridge.errors import ConfigError, ModelRejectedInput, ModelServerError, ModelServerUnavailable, SignatureError
+from bridge.errors import (ConfigError, ModelRejectedInput, ModelServerError, ModelServerUnavailable, SignatureError,
+                           one_line)
 from bridge.model import tensors
 from bridge.model.backend import ModelTarget, Prediction, VersionStatus
 from bridge.model.signature import ImageSignature, InputKind
@@ -38,8 +39,7 @@ INSTALL_HINT = "the embedded backend needs ai-edge-litert: pip install 'tfs-brid
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())[:300]
-    return text or type(exc).__name__
+    return one_line(exc) or type(exc).__name__
 
 
 def _data_type(dtype: Any) -> int:

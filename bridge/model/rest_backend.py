@@ -30,7 +30,7 @@ import requests
 from google.protobuf import json_format
 
 from bridge.errors import ModelServerError, ModelServerUnavailable, SignatureError
-from bridge.images.http_transport import DeadlineAdapter, SocketReaper
+from bridge.images.http_transport import DeadlineAdapter, SocketReaper, failure_reason, root_cause
 from bridge.model.backend import ModelTarget, Prediction, VersionStatus, signature_from_metadata
 from bridge.model.pixels_json import uint8_json
 from bridge.model.rest_errors import http_error
@@ -192,7 +192,8 @@ class RestBackend:
             if scope.expired or isinstance(exc, requests.Timeout):
                 raise ModelServerUnavailable(f"{what}: DEADLINE_EXCEEDED: no answer within {seconds:g} s",
                                              grpc.StatusCode.DEADLINE_EXCEEDED) from None
-            raise ModelServerUnavailable(f"{what}: UNAVAILABLE: {_reason(exc)}", grpc.StatusCode.UNAVAILABLE) from None
+            raise ModelServerUnavailable(f"{what}: UNAVAILABLE: {failure_reason(root_cause(exc))}",
+                                         grpc.StatusCode.UNAVAILABLE) from None
         finally:
             self._reaper.close(scope)
         if response.status_code != 200:
@@ -216,12 +217,3 @@ def _parse(answer: Any, message: Any, what: str) -> Any:
         return json_format.ParseDict(answer, message, ignore_unknown_fields=True)
     except json_format.ParseError as exc:
         raise ModelServerError(f"{what}: cannot read the answer: {exc}") from None
-
-
-def _reason(exc: BaseException) -> str:
-    """The innermost cause of a connection failure, in a few words (no URL: it may carry credentials)."""
-    while exc.__context__ is not None and not isinstance(exc, OSError):
-        exc = exc.__context__
-    text = str(exc.args[-1] if isinstance(exc, OSError) and exc.args else exc)
-    return " ".join(text.split())[:200] or type(exc).__name__
-
