@@ -8,10 +8,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Install the package (runtime dependencies from pyproject.toml, no extras), then drop the sources.
-COPY pyproject.toml README.md /tmp/tfs-bridge/
+# The runtime exactly as uv.lock pins it (requirements.txt, every file checked by its hash), then the package
+# itself (no extras) with the locked build backend, then drop the sources.
+COPY requirements.txt pyproject.toml README.md /tmp/tfs-bridge/
 COPY bridge/ /tmp/tfs-bridge/bridge/
-RUN pip install --no-cache-dir /tmp/tfs-bridge \
+RUN pip install --no-cache-dir --require-hashes -r /tmp/tfs-bridge/requirements.txt \
+    && pip install --no-cache-dir --no-deps --no-build-isolation /tmp/tfs-bridge \
     && rm -rf /tmp/tfs-bridge \
     && useradd --create-home --uid 10001 --shell /usr/sbin/nologin bridge
 

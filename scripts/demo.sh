@@ -3,5 +3,5 @@
 # send sample image URLs, print the predictions, and stop everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh demo
 exec .venv/bin/python -m scripts.demo "$@"

@@ -1,4 +1,4 @@
-"""Generate bridge/tfs_api/*_pb2*.py from protos/ with grpcio-tools.
+"""Generate bridge/tfs_api/*_pb2*.py from protos/ with grpcio-tools (the version uv.lock pins).
 
 The generated modules are checked in, so installing the bridge needs no code generator;
 tests/unit/test_protos.py fails if they drift from the .proto files. Run after editing protos/:

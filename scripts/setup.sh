@@ -1,29 +1,37 @@
 #!/usr/bin/env bash
-# Set up everything the demo and the tests need on a fresh machine, idempotently:
-# a venv in .venv with the bridge and its server/test extras, the Kafka jars (Maven Central), kcat (Debian), and
-# three Go tools built with the Go module proxy: compose-config (Compose v2's loader), promtool and kustomize.
+# Set up what a command runs, idempotently, from pinned sources only:
+#   scripts/setup.sh demo   the venv .venv exactly as uv.lock has it with the server and embedded extras (the bridge,
+#                           the model server and the model export), and the Kafka jars (scripts/kafka/pom.xml)
+#   scripts/setup.sh test   (the default) the same venv with the test extra too, kcat (Debian), and the Go tools
+#                           only tests use (go.sum): compose-config, promtool and kustomize
+# uv comes pinned by hash (scripts/uv.sh); nothing here resolves a version on the day. A second run installs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-    echo "setup: creating .venv" >&2
-    "$PYTHON" -m venv .venv
-fi
-# Install only when pyproject.toml changed since the last install (saves ~20 s per run).
-stamp=.venv/.tfs-bridge-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    echo "setup: installing tfs-bridge with its server, test and embedded extras (TensorFlow is large: first time takes minutes)" >&2
-    log=.venv/pip-install.log
-    if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e ".[server,test,embedded]"; } >"$log" 2>&1; then
-        cat "$log" >&2
-        echo "setup: pip install failed (log: $log)" >&2
-        exit 1
-    fi
-    touch "$stamp"
+what=${1:-test}
+case "$what" in
+    demo) extras=(--extra server --extra embedded) ;;
+    test) extras=(--extra server --extra embedded --extra test) ;;
+    *) echo "setup: unknown target '$what' (demo or test)" >&2; exit 2 ;;
+esac
+
+# --locked: stop with a clear message when pyproject.toml changed and uv.lock was not updated (scripts/lock.sh).
+# The demo leaves a test venv's extra packages in place (--inexact); the tests get exactly the lock.
+sync=(sync --locked --quiet "${extras[@]}")
+if [ "$what" = demo ]; then sync+=(--inexact); fi
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+if ! scripts/uv.sh "${sync[@]}" --python "${PYTHON:-python3}" >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "setup: installing the locked venv failed (above)" >&2
+    exit 1
 fi
 
 .venv/bin/python -m scripts.kafka_local fetch >/dev/null
+
+if [ "$what" = demo ]; then
+    exit 0
+fi
 
 # Debian packages: kcat (the users' flow).
 apt_install() {
@@ -41,9 +49,14 @@ done
 
 # Go tools, each built once into the cache and skipped when it is there (each script says why it failed):
 # compose-config validates docker-compose.yml as `docker compose config` would (tests/unit/test_compose.py; about
-# a minute the first time); promtool checks monitoring/ (tests/unit/test_monitoring.py; about 7 minutes the first
+# a minute the first time); promtool checks monitoring/ (tests/unit/test_monitoring.py; about 5 minutes the first
 # time on 2 cores, downloads included); kustomize renders deploy/ (tests/unit/test_deploy.py; about a minute the
-# first time, downloads included).
-scripts/compose_config.sh --path >/dev/null
-scripts/promtool.sh --path >/dev/null
-scripts/kustomize.sh --path >/dev/null
+# first time, downloads included). Built side by side: the Go builds share the two cores, but not their downloads.
+pids=()
+for tool in compose_config promtool kustomize; do
+    scripts/$tool.sh --path >/dev/null &
+    pids+=($!)
+done
+for pid in "${pids[@]}"; do
+    wait "$pid"
+done

@@ -4,5 +4,5 @@
 # Extra arguments go to pytest, e.g. scripts/test.sh -m "not integration".
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh test
 exec .venv/bin/python -m pytest "$@"

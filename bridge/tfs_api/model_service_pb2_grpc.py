@@ -5,7 +5,7 @@ import warnings
 
 from bridge.tfs_api import get_model_status_pb2 as bridge_dot_tfs__api_dot_get__model__status__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 

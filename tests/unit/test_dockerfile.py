@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import venv
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -82,17 +83,25 @@ def test_the_image_is_slim_python_running_tfs_bridge_as_a_non_root_user():
     assert json.loads(arguments("CMD")[0]) == ["run"]
 
 
-def install_command() -> list[str]:
+def pip_installs() -> list[list[str]]:
+    """The words of each `pip install` in the image's RUN steps, in order."""
     [run] = [args for args in arguments("RUN") if "pip install" in args]
-    return run.split("&&")[0].split()
+    return [step.split() for step in run.split("&&") if step.split()[:2] == ["pip", "install"]]
 
 
-def test_the_install_step_installs_the_package_without_extras():
-    install = install_command()
-    target = install[-1]
-    assert install[:3] == ["pip", "install", "--no-cache-dir"] and "[" not in target  # no [server] (TensorFlow)
+def install_dir() -> str:
+    """Where the image's COPY puts the sources that its pip install reads."""
+    return pip_installs()[-1][-1]
+
+
+def test_the_install_step_installs_the_locked_runtime_then_the_package_without_extras():
+    locked, package = pip_installs()
+    target = install_dir()
+    assert locked == ["pip", "install", "--no-cache-dir", "--require-hashes", "-r", f"{target}/requirements.txt"]
+    # No resolver and no build backend of the day: dependencies and setuptools both come from requirements.txt.
+    assert package == ["pip", "install", "--no-cache-dir", "--no-deps", "--no-build-isolation", target]
     [(sources, destination)] = [(s, d) for s, d in copies() if d.rstrip("/") == target]
-    assert sorted(sources) == ["README.md", "pyproject.toml"]
+    assert sorted(sources) == ["README.md", "pyproject.toml", "requirements.txt"]
     assert ("bridge/", f"{target}/bridge/") in [(s[0], d) for s, d in copies()]
 
 
@@ -117,7 +126,7 @@ def test_the_build_context_leaves_out_the_venv_but_keeps_what_the_image_copies()
 def test_the_install_step_in_a_clean_venv_gives_a_working_bridge_without_tensorflow(tmp_path):
     """What `docker build` would do, minus the base image: copy what the Dockerfile copies, run its pip install."""
     context = tmp_path / "context"
-    installed_from = Path(install_command()[-1])
+    installed_from = Path(install_dir())
     for sources, destination in copies():
         for source in sources:
             target = context / Path(destination).relative_to(installed_from)
@@ -138,10 +147,19 @@ def test_the_install_step_in_a_clean_venv_gives_a_working_bridge_without_tensorf
         assert result.returncode == 0, f"{command}: {result.stdout[-3000:]}{result.stderr[-3000:]}"
         return result.stdout
 
-    run(str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(context))
+    for install in pip_installs():
+        source = Path(install[-1])
+        run(str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *install[2:-1],
+            str(context / source.relative_to(installed_from)))
     assert "--bootstrap-servers" in run(str(bin_dir / "tfs-bridge"), "run", "--help")
     modules = run(str(python), "-c", "import importlib.util, bridge.loop.run, bridge.cli; "
                   "print([m for m in ('tensorflow', 'tensorflow_serving', 'keras') if importlib.util.find_spec(m)])")
     assert modules.strip() == "[]"
     installed = run(str(python), "-m", "pip", "list", "--format=freeze").lower()
     assert not re.search(r"^(tensorflow|tensorflow-cpu|tensorflow-serving-api|keras)==", installed, re.MULTILINE)
+    # What the image runs is what the tests run: every package at the version this venv (uv.lock) has.
+    versions = dict(line.split("==", 1) for line in installed.split())
+    assert {"confluent-kafka", "grpcio", "protobuf", "pillow"} <= set(versions)
+    differ = {name: (version, metadata.version(name)) for name, version in versions.items()
+              if name not in ("pip", "tfs-bridge") and version != metadata.version(name)}
+    assert not differ, f"(image, tests) versions: {differ}"
