@@ -2,7 +2,9 @@
 # the bridge speaks TF Serving's gRPC API through its own protos). Configured by TFS_BRIDGE_* variables.
 #   docker build -t tfs-bridge .
 #   docker run --rm tfs-bridge run --help
-FROM python:3.11-slim
+# PYTHON_IMAGE: another Python 3.11 base (a mirror of python:3.11-slim, or a stand-in where no registry is reachable).
+ARG PYTHON_IMAGE=python:3.11-slim
+FROM ${PYTHON_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
