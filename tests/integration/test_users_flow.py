@@ -19,36 +19,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.readme import (COMPOSE_CONSOLE_CONSUMER, PRETTY_LINE, code_blocks, commands,
+                                  walkthrough)
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-WALKTHROUGH_HEADING = "## Quick start with docker compose"
-COMPOSE_CONSOLE_CONSUMER = "docker compose exec kafka /opt/kafka/bin/kafka-console-consumer.sh"
 LOCAL_CONSOLE_CONSUMER = f"{shlex.quote(sys.executable)} -m scripts.kafka_local tool console-consumer"
-PRETTY_LINE = re.compile(r"^(?P<label>\S+)\s+(?P<score>[01]\.\d{3})\s+(?P<url>\S+)$")
 READ_LIMIT_S = 90
-
-
-def walkthrough() -> str:
-    """The quick-start section of README.md, or of docs/walkthrough.md until it is pasted there."""
-    for path in (ROOT / "README.md", ROOT / "docs" / "walkthrough.md"):
-        if path.exists() and WALKTHROUGH_HEADING in path.read_text():
-            text = path.read_text()
-            start = text.index(WALKTHROUGH_HEADING)
-            end = text.find("\n## ", start + 1)
-            return text[start:end if end != -1 else None]
-    raise AssertionError(f"no README section {WALKTHROUGH_HEADING!r}")
-
-
-def code_blocks(text: str, language: str) -> list[str]:
-    return re.findall(rf"^```{language}\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
-
-
-def commands(prefix: str) -> list[str]:
-    found = [line.strip() for block in code_blocks(walkthrough(), "sh") for line in block.splitlines()
-             if line.strip().startswith(prefix)]
-    assert found, f"the walkthrough shows no command starting with {prefix!r}"
-    return found
 
 
 def localized(command: str, kafka, topics, urls_file: Path | None = None, url: str | None = None) -> str:
