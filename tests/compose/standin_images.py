@@ -4,7 +4,8 @@ image registry can be reached, and the environment that points docker compose at
 - tfs-bridge-standin/python:3.11 for python:3.11-slim (the bridge's and the export's base): Debian's Python 3.11;
 - tfs-bridge-standin/java:17: Debian's Java 17, the base of the Kafka stand-in;
 - tfs-bridge-standin/kafka:<version> for apache/kafka (standins/kafka/);
-- tfs-bridge-standin/tfserving for tensorflow/serving (standins/tfserving/).
+- tfs-bridge-standin/tfserving for tensorflow/serving (standins/tfserving/);
+- tfs-bridge-standin/prometheus for prom/prometheus (standins/prometheus/, the binary from scripts/prometheus.sh).
 
 The two Debian bases are root file systems made by mmdebstrap and imported; they trust this machine's CA store, so
 pip inside a build reaches PyPI through a proxy with a company CA. Each image is labelled with a digest of what it is
@@ -127,8 +128,25 @@ def build_tfserving(env: dict[str, str]) -> str:
     return tag
 
 
+def build_prometheus(env: dict[str, str]) -> str:
+    tag = "tfs-bridge-standin/prometheus:latest"
+    result = subprocess.run([str(ROOT / "scripts" / "prometheus.sh"), "--path"], capture_output=True, text=True,
+                            timeout=BUILD_TIMEOUT_S)
+    if result.returncode != 0:
+        raise RuntimeError(f"scripts/prometheus.sh: {result.stderr[-3000:]}")
+    binary = Path(result.stdout.strip())
+    recipe = digest(PYTHON_BASE.recipe(), tree_digest(STANDINS / "prometheus"), str(binary))
+    with tempfile.TemporaryDirectory(prefix="standin-prometheus-") as scratch:
+        context = Path(scratch) / "context"
+        shutil.copytree(STANDINS / "prometheus", context)
+        shutil.copy(binary, context / "prometheus")
+        build_image(tag, context, recipe, env, BASE_IMAGE=PYTHON_BASE.tag)
+    return tag
+
+
 def build_standins(env: dict[str, str]) -> dict[str, str]:
     """Build what is missing or stale; the variables that make docker-compose.yml use the stand-ins."""
     for base in (PYTHON_BASE, JAVA_BASE):
         build_debian_base(base, env)
-    return {"PYTHON_IMAGE": PYTHON_BASE.tag, "KAFKA_IMAGE": build_kafka(env), "TFSERVING_IMAGE": build_tfserving(env)}
+    return {"PYTHON_IMAGE": PYTHON_BASE.tag, "KAFKA_IMAGE": build_kafka(env), "TFSERVING_IMAGE": build_tfserving(env),
+            "PROMETHEUS_IMAGE": build_prometheus(env)}

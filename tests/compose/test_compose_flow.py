@@ -7,7 +7,7 @@ Registry images cannot be pulled here: standin_images.py builds local stand-ins 
 Serving, and the compose file is pointed at them through its image variables; the bridge's and the export's images are
 built from the repository's own Dockerfiles. compose.test.yml adds an image server on the compose network (the
 walkthrough's sample URLs are on the internet), allows the bridge to fetch from it, and publishes ports on the loopback
-only. Every service starts but Prometheus and Grafana, which cannot be built here.
+only. Every service starts but Grafana, which cannot be built here (its front end).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import os
 import re
 import subprocess
 import time
-import uuid
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,12 +33,14 @@ from tests.support.readme import COMPOSE_CONSOLE_CONSUMER, PRETTY_LINE, commands
 pytestmark = pytest.mark.compose
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("kafka", "topics", "model-export", "tfserving", "bridge", "images")
+SERVICES = ("kafka", "topics", "model-export", "tfserving", "bridge", "prometheus", "images")
 IMAGES_URL = "http://images:8000"  # the test's image server, by its name on the compose network
 HOST_KAFKA = "127.0.0.1:9092"
+HOST_PROMETHEUS = "http://127.0.0.1:9090"
 TOPICS = {"input": "ImageInputTopic", "output": "ImageOutputTopic", "dead_letters": "ImageDeadLetterTopic"}
 DIGITS = 60
 READ_LIMIT_S = 120
+PROJECT = "tfs-bridge-compose-test"  # one name: each run replaces the images the last one built
 UP_TIMEOUT_S = 1800  # a cold engine builds every image: TensorFlow twice over pip
 
 
@@ -113,7 +115,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         (digits_dir / image.name).parent.mkdir(parents=True, exist_ok=True)
         (digits_dir / image.name).write_bytes(image.body)
         truth[f"{IMAGES_URL}/{image.name}"] = image.label
-    env.update(COMPOSE_PROJECT_NAME=f"tfsb-test-{uuid.uuid4().hex[:8]}",
+    env.update(COMPOSE_PROJECT_NAME=PROJECT,
                COMPOSE_FILE="docker-compose.yml:tests/compose/compose.test.yml",
                MODEL="digits", PARTITIONS="3", DIGITS_DIR=str(digits_dir))
     running = Stack(env, truth)
@@ -206,6 +208,7 @@ def test_the_walkthrough_as_typed_classifies_each_url_once(stack, tmp_path):
 def test_three_bridges_with_one_killed_while_records_flow_give_each_record_once(stack):
     stack.compose("up", "--detach", "--scale", "bridge=3", "--no-recreate", "bridge", timeout=600)
     stack.wait_healthy("bridge", count=3)
+    wait_for_scraped_bridges(3)
     before = len(read_topic(HOST_KAFKA, TOPICS["input"], timeout=10))
     dead_before = len(read_topic(HOST_KAFKA, TOPICS["dead_letters"], timeout=10))
     urls = list(stack.truth)
@@ -228,6 +231,19 @@ def test_three_bridges_with_one_killed_while_records_flow_give_each_record_once(
     assert sorted(sources) == sorted((m.partition(), m.offset()) for m in inputs), "a record lost or added"
     assert max(sources.values()) == 1, f"duplicates: {[s for s, n in sources.items() if n > 1][:10]}"
     assert len(dead) == dead_before  # every digit here is served
+
+
+def wait_for_scraped_bridges(count: int, timeout: float = 90) -> None:
+    """Until Prometheus (monitoring/prometheus/prometheus.yml: the bridge's replicas by DNS) scrapes `count` bridges."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with urllib.request.urlopen(f"{HOST_PROMETHEUS}/api/v1/targets", timeout=10) as answer:
+            targets = json.load(answer)["data"]["activeTargets"]
+        up = [t["scrapeUrl"] for t in targets if t["labels"]["job"] == "bridge" and t["health"] == "up"]
+        if len(up) >= count:
+            return
+        assert time.monotonic() < deadline, f"Prometheus scrapes {len(up)} of {count} bridges: {targets}"
+        time.sleep(2)
 
 
 def test_down_leaves_no_container_network_or_volume_behind(stack):

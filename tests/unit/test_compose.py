@@ -278,11 +278,35 @@ def test_the_bridge_batches_fit_the_servers_batches(services):
     assert bridge_max <= server_max  # a larger batch is INVALID_ARGUMENT from TF Serving
 
 
+REGISTRY_IMAGES = {"kafka": "apache/kafka:4.1.1", "topics": "apache/kafka:4.1.1",
+                   "tfserving": "tensorflow/serving:2.19.0", "prometheus": "prom/prometheus:v3.16.0",
+                   "grafana": "grafana/grafana:13.2.3"}
+IMAGE_VARIABLES = {"kafka": "KAFKA_IMAGE", "topics": "KAFKA_IMAGE", "tfserving": "TFSERVING_IMAGE",
+                   "prometheus": "PROMETHEUS_IMAGE", "grafana": "GRAFANA_IMAGE"}
+
+
+def test_images_are_the_registry_images_unless_their_variables_name_others(services):
+    assert {name: service["image"] for name, service in services.items() if "image" in service} == REGISTRY_IMAGES
+    built = {name: service["build"]["args"] for name, service in services.items() if "build" in service}
+    assert built == {"bridge": {"PYTHON_IMAGE": "python:3.11-slim"}, "model-export": {"PYTHON_IMAGE": "python:3.11-slim"}}
+    mirror = {variable: f"mirror.example/{variable.lower()}:1" for variable in IMAGE_VARIABLES.values()}
+    moved = config(**mirror, PYTHON_IMAGE="mirror.example/python:3.11")["services"]
+    assert {name: moved[name]["image"] for name in IMAGE_VARIABLES} == \
+        {name: mirror[variable] for name, variable in IMAGE_VARIABLES.items()}
+    assert {moved[name]["build"]["args"]["PYTHON_IMAGE"] for name in built} == {"mirror.example/python:3.11"}
+
+
+def test_the_bridge_runs_on_a_read_only_root_file_system_with_tmp_in_memory(services):
+    assert services["bridge"]["read_only"] is True and services["bridge"]["tmpfs"] == ["/tmp"]
+
+
 def test_the_export_service_runs_the_entrypoint_of_its_image(services):
     export = services["model-export"]
     dockerfile = Path(export["build"]["context"]) / export["build"]["dockerfile"]
     text = dockerfile.read_text()
-    assert text.startswith("#") and re.search(r"^FROM tensorflow/tensorflow:\S+$", text, re.MULTILINE)
+    assert text.startswith("#") and re.search(r"^FROM \$\{PYTHON_IMAGE\}$", text, re.MULTILINE)
+    # TensorFlow and the rest exactly as uv.lock pins them (tests/unit/test_lock.py checks the file is its export).
+    assert "pip install --no-cache-dir --require-hashes -r /tmp/serving-requirements.txt" in text
     assert 'ENTRYPOINT ["sh", "/usr/local/bin/export-entrypoint.sh"]' in text
     copied = [word for line in text.splitlines() if line.startswith("COPY ") for word in line.split()[1:-1]]
     for name in copied:
@@ -376,7 +400,7 @@ def test_the_bridge_healthcheck_asks_livez_on_the_metrics_port(services):
     test = services["bridge"]["healthcheck"]["test"]
     # CMD: no shell, and python, which the image has (it has no curl).
     assert test[:3] == ["CMD", "python", "-c"], test
-    assert re.search(r"^FROM python:", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    assert re.search(r"^ARG PYTHON_IMAGE=python:", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
     assert f"'http://127.0.0.1:{metrics_port(services)}/livez'" in test[3]
     assert duration_seconds(services["bridge"]["healthcheck"]["timeout"]) > 5  # the urlopen timeout in the command
 

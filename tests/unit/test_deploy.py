@@ -682,7 +682,8 @@ def model_names(text: str) -> list[str]:
 def test_tf_serving_is_the_image_and_flags_of_docker_compose(docs):
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["tfserving"]
     cont = tfserving_container(docs)
-    assert cont["image"] == compose["image"] and re.fullmatch(r"tensorflow/serving:\d+\.\d+\.\d+", cont["image"])
+    registry_image = re.sub(r"\$\{TFSERVING_IMAGE:-([^}]+)\}", r"\1", compose["image"])  # the variable's default
+    assert cont["image"] == registry_image and re.fullmatch(r"tensorflow/serving:\d+\.\d+\.\d+", cont["image"])
     compose_flags = {arg.lstrip("-").partition("=")[0] for arg in compose["command"]}
     flags = tfserving_flags(docs)
     assert compose_flags <= set(flags) and "enable_batching" in flags

@@ -76,7 +76,7 @@ def test_hadolint_would_catch_a_mistake(tmp_path):
 
 
 def test_the_image_is_slim_python_running_tfs_bridge_as_a_non_root_user():
-    assert arguments("FROM") == ["python:3.11-slim"]
+    assert arguments("FROM") == ["${PYTHON_IMAGE}"] and arguments("ARG")[0] == "PYTHON_IMAGE=python:3.11-slim"
     user = arguments("USER")[-1]
     assert user not in ("root", "0") and not user.startswith("0:")
     assert json.loads(arguments("ENTRYPOINT")[0]) == ["tfs-bridge"]

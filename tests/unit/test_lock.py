@@ -9,14 +9,15 @@ import subprocess
 import tomllib
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-# The same export as scripts/lock.sh writes, without its header.
-EXPORT = ["export", "--frozen", "--quiet", "--no-dev", "--group", "build", "--no-emit-project",
-          "--format", "requirements.txt", "--no-header"]
+# The exports scripts/lock.sh writes (without their headers): the bridge image's runtime and build backend, and the
+# model export image's TensorFlow (the server extra).
+EXPORTS = {"requirements.txt": ["--group", "build"], "serving/requirements.txt": ["--extra", "server"]}
 
 
 def uv(*args: str) -> subprocess.CompletedProcess[str]:
@@ -46,23 +47,36 @@ def test_the_venv_holds_exactly_the_lock():
     assert result.returncode == 0, f"the venv is not uv.lock (run scripts/setup.sh): {result.stderr[-2000:]}"
 
 
-def test_requirements_txt_is_the_export_of_the_lock():
-    result = uv(*EXPORT)
+@pytest.mark.parametrize("path", EXPORTS)
+def test_each_requirements_file_is_the_export_of_the_lock(path):
+    result = uv("export", "--frozen", "--quiet", "--no-dev", "--no-emit-project", *EXPORTS[path],
+                "--format", "requirements.txt", "--no-header")
     assert result.returncode == 0, result.stderr
-    checked_in = "\n".join(line for line in (ROOT / "requirements.txt").read_text().splitlines()
+    checked_in = "\n".join(line for line in (ROOT / path).read_text().splitlines()
                            if not line.startswith("#  ") and not line.startswith("# This file"))
-    assert checked_in.strip() == result.stdout.strip(), "requirements.txt is stale: run scripts/lock.sh"
+    assert checked_in.strip() == result.stdout.strip(), f"{path} is stale: run scripts/lock.sh"
 
 
-def test_requirements_txt_pins_every_package_by_hash():
-    text = (ROOT / "requirements.txt").read_text()
-    pins = re.findall(r"^([a-z0-9._-]+)==(\S+)", text, re.MULTILINE)
-    assert {"confluent-kafka", "grpcio", "protobuf", "pillow", "requests", "setuptools"} <= {n for n, _ in pins}
-    for name, version in pins:
-        assert version in locked_versions()[name]
-    entries = re.split(r"\n(?=[a-z0-9])", text[text.index(pins[0][0]):])
-    assert all("--hash=sha256:" in entry for entry in entries)
-    assert not re.search(r"tensorflow|keras", text), "the image's runtime needs no TensorFlow"
+def pins(path: str) -> dict[str, str]:
+    """{package: version} of a requirements file, after checking that every entry carries a hash."""
+    text = (ROOT / path).read_text()
+    found = re.findall(r"^([a-z0-9._-]+)==(\S+)", text, re.MULTILINE)
+    entries = re.split(r"\n(?=[a-z0-9])", text[text.index(found[0][0]):])
+    assert len(entries) == len(found) and all("--hash=sha256:" in entry for entry in entries)
+    return dict(found)
+
+
+def test_the_bridge_images_requirements_pin_the_locked_runtime_without_tensorflow():
+    pinned = pins("requirements.txt")
+    assert {"confluent-kafka", "grpcio", "protobuf", "pillow", "requests", "setuptools"} <= set(pinned)
+    assert all(version in locked_versions()[name] for name, version in pinned.items())
+    assert not {"tensorflow", "keras", "tensorflow-serving-api"} & set(pinned), "the bridge needs no TensorFlow"
+
+
+def test_the_export_images_requirements_pin_the_locked_tensorflow():
+    pinned = pins("serving/requirements.txt")
+    assert {"tensorflow", "scikit-learn", "pillow", "numpy"} <= set(pinned)
+    assert all(version in locked_versions()[name] for name, version in pinned.items())
 
 
 def test_the_build_backend_is_the_locked_setuptools():
