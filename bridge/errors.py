@@ -27,6 +27,9 @@ because of it. Any other exception raised while handling one record is that reco
         └── KafkaTransactionError    a Kafka transaction call failed
             ├── TransactionAborted   txn_requires_abort() (or the state error after it): abort, rewind, redo
             └── FatalKafkaError      fatal(), e.g. a fenced producer, or a call past its deadline: exit 1
+                └── KafkaCallHung    a producer call past its deadline: the loop replaces the producer (a new one
+                                     fences the stuck one) and redoes from the group's offsets; exit 1 if that
+                                     does not help
 """
 
 from __future__ import annotations
@@ -151,3 +154,7 @@ class TransactionAborted(KafkaTransactionError):
 
 class FatalKafkaError(KafkaTransactionError):
     """The producer or consumer cannot continue (fenced, fatal error, or a call that did not return in time)."""
+
+
+class KafkaCallHung(FatalKafkaError):
+    """A Kafka client call did not return within its deadline: that client is stuck in librdkafka for good."""

@@ -160,6 +160,13 @@ class LocalKafka:
         Wipes and formats the data dir first, unless keep_data: then it reuses the storage of an earlier start().
         """
         began = time.monotonic()
+        self.launch(keep_data)
+        self.wait_ready(began + timeout)
+        return time.monotonic() - began
+
+    def launch(self, keep_data: bool = False) -> None:
+        """Start the broker's process without waiting for it (start() waits; a cluster's nodes answer only once a
+        majority of them runs)."""
         if port_open(self.port):
             raise KafkaError(f"port {self.port} is already in use: is another broker running?")
         config = self.work_dir / "server.properties"
@@ -173,8 +180,6 @@ class LocalKafka:
             self.process = subprocess.Popen(guarded(command) if self.stop_with_parent else command,
                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.pid_path.write_text(str(self.process.pid))
-        self._wait_ready(began + timeout)
-        return time.monotonic() - began
 
     def restart(self, down_for: float = 0.0, timeout: float = 90.0) -> float:
         """stop(), sleep `down_for` seconds, then start the same broker on its data; returns start()'s seconds."""
@@ -196,7 +201,8 @@ class LocalKafka:
         if formatted.returncode != 0:
             raise KafkaError(f"formatting Kafka storage failed: {formatted.stdout}{formatted.stderr}")
 
-    def _wait_ready(self, deadline: float) -> None:
+    def wait_ready(self, deadline: float) -> None:
+        """Until the broker answers a metadata request (deadline: monotonic), else stop it and raise KafkaError."""
         from confluent_kafka.admin import AdminClient
 
         admin = AdminClient({"bootstrap.servers": self.bootstrap_servers, "log_level": 0})

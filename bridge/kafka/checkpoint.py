@@ -7,6 +7,9 @@ Protocol (the order of confluent-kafka's eos_transactions example, plus the abor
        with the consumer group metadata, then commit_transaction; results and offsets become visible together
     4. on TransactionAborted: abort(); the run loop seeks the partitions back to the last committed positions
        (bridge.loop.window) and redoes the records
+    5. on KafkaCallHung (a call stuck in librdkafka): the run loop hands over a new producer (replace_producer);
+       whether the stuck transaction committed is known only to the broker, so the loop rewinds to the group's
+       committed offsets as the broker reports them
 
 A record Kafka refuses on its own (larger than the producer's or the topic's limit) becomes a small dead letter
 instead: at once when the producer refuses it, and on the redo when the broker's delivery report refused it
@@ -120,6 +123,11 @@ class Checkpoint:
         """Abort the open transaction, if any; its outcomes never become visible."""
         if self.producer.in_transaction:
             self.producer.abort()
+        self._clear()
+
+    def replace_producer(self, producer: TransactionalProducer) -> None:
+        """Go on with a new producer, its transactions fresh (the stuck one's fate is the broker's to settle)."""
+        self.producer = producer
         self._clear()
 
     def _clear(self) -> None:

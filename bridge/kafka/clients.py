@@ -4,7 +4,8 @@ read_committed consumer that never commits on its own.
 Transaction policy (when to commit, what to redo) lives in bridge.kafka.checkpoint; this module turns librdkafka's
 errors into the bridge's exceptions and keeps every call bounded in time:
     txn_requires_abort(), or the state error librdkafka answers after one      -> TransactionAborted
-    fatal(), or a call that has not returned within its deadline               -> FatalKafkaError
+    fatal()                                                                    -> FatalKafkaError
+    a call that has not returned within its deadline                           -> KafkaCallHung (a FatalKafkaError)
     retriable()                                                                -> retried until the deadline
     a record larger than message.max.bytes                                     -> OutputError (that record's)
 librdkafka is known to ignore the timeout of some transactional calls when the group coordinator goes away, so
@@ -16,13 +17,15 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from bridge.errors import ConfigError, FatalKafkaError, KafkaTransactionError, OutputError, TransactionAborted
+from bridge.errors import (ConfigError, FatalKafkaError, KafkaCallHung, KafkaTransactionError, OutputError,
+                           TransactionAborted)
 
 log = logging.getLogger(__name__)
 librdkafka_log = logging.getLogger("bridge.librdkafka")
@@ -58,30 +61,36 @@ def _retriable(error: KafkaError | None) -> bool:
 
 
 class CallGuard:
-    """Runs blocking client calls on one worker thread and waits for each no longer than its deadline."""
+    """Runs blocking client calls on a daemon thread each and waits for each no longer than its deadline. A call
+    stuck in librdkafka for good leaves only its thread behind, which never holds up the process's exit."""
 
     def __init__(self, name: str) -> None:
-        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name)
+        self.name = name
 
     def run(self, what: str, call: Callable[[], T], deadline: float, serve: Callable[[], object] | None = None) -> T:
-        """call()'s value or exception; FatalKafkaError if it has not returned by the deadline (monotonic).
+        """call()'s value or exception; KafkaCallHung if it has not returned by the deadline (monotonic).
 
         serve: called about twice a second while waiting, e.g. to serve the client's log lines, errors and
         delivery reports on the calling thread, so they are not held back while the call blocks."""
-        future = self._worker.submit(call)
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def work() -> None:
+            try:
+                future.set_result(call())
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+                future.set_exception(exc)
+
+        threading.Thread(target=work, name=self.name, daemon=True).start()
         while True:
             try:
                 return future.result(timeout=max(0.0, min(0.5, deadline - time.monotonic())))
             except concurrent.futures.TimeoutError:
                 if time.monotonic() >= deadline:
-                    # The worker stays stuck in librdkafka: this client is unusable from now on.
-                    raise FatalKafkaError(f"{what} did not return within its deadline; Kafka is unreachable or "
-                                          "its coordinator moved, and librdkafka cannot recover this client") from None
+                    # The thread stays stuck in librdkafka: this client is unusable from now on.
+                    raise KafkaCallHung(f"{what} did not return within its deadline; Kafka is unreachable or "
+                                        "its coordinator moved, and librdkafka cannot recover this client") from None
                 if serve is not None:
                     serve()
-
-    def close(self) -> None:
-        self._worker.shutdown(wait=False, cancel_futures=True)
 
 
 def call_transactional(what: str, call: Callable[[float], T], timeout: float, guard: CallGuard,
@@ -194,11 +203,8 @@ class TransactionalProducer:
                                time.monotonic() + self.timeout + GRACE)
 
     def close(self) -> None:
-        """Deliver what is queued (within the deadline) and stop the worker thread."""
-        try:
-            self.flush()
-        finally:
-            self._guard.close()
+        """Deliver what is queued (within the deadline)."""
+        self.flush()
 
 
 class ReadCommittedConsumer:
@@ -297,8 +303,5 @@ class ReadCommittedConsumer:
 
     def close(self) -> None:
         """Leave the group (running the revoke callback) within close_timeout; FatalKafkaError if it hangs."""
-        guard = CallGuard("kafka-close")
-        try:
-            guard.run("closing the consumer", self._consumer.close, time.monotonic() + self.close_timeout)
-        finally:
-            guard.close()
+        CallGuard("kafka-close").run("closing the consumer", self._consumer.close,
+                                     time.monotonic() + self.close_timeout)

@@ -12,7 +12,11 @@ What stops or pauses the loop is a SystemFailure, and only that (bridge.errors):
                          signature and a real Predict succeeds (PauseState)
     ModelGone            exit 1: the signature changed, or the pause outlasted --max-pause-ms
     TransactionAborted   abort, forget the window, seek back to the last committed frontier, redo
-    any other Kafka one  exit 1 (fatal, fenced, or a call past its deadline)
+    KafkaCallHung        a producer call past its deadline: replace the producer (its init_transactions fences the
+                         stuck one and settles its transaction), forget the window, seek back to the offsets the
+                         group has committed as the broker reports them, redo; exit 1 if the new producer cannot
+                         start either, or after MAX_REPLACEMENTS in a row without a commit
+    any other Kafka one  exit 1 (fatal, fenced)
 
 On revoke, the produced prefix is committed and the revoked partitions' work in flight is dropped (the next
 owner redoes it from the committed frontier); on lost, the transaction is aborted and their state forgotten.
@@ -30,7 +34,7 @@ from collections.abc import Callable
 from confluent_kafka import TopicPartition
 
 from bridge.config import Settings
-from bridge.errors import ConfigError, ModelUnusable, TransactionAborted
+from bridge.errors import ConfigError, KafkaCallHung, ModelUnusable, TransactionAborted, one_line
 from bridge.kafka.checkpoint import Checkpoint, OutputTopics
 from bridge.kafka.clients import PartitionKey, ReadCommittedConsumer, TransactionalProducer
 from bridge.loop.pause import PauseState
@@ -47,9 +51,15 @@ log = logging.getLogger(__name__)
 class BridgeLoop:
     def __init__(self, settings: Settings, consumer_factory: Callable[..., ReadCommittedConsumer],
                  producer: TransactionalProducer, pipeline: Pipeline, stop: StopSignal,
-                 health: Health | None = None) -> None:
+                 health: Health | None = None,
+                 replace_producer: Callable[[], TransactionalProducer] | None = None) -> None:
+        """replace_producer: a new producer with the same transactional.id, its transactions initialized; None:
+        a hung producer call stops the loop."""
         self.settings = settings
         self.producer = producer
+        self.replace_producer = replace_producer
+        self.replacements = 0  # producers replaced since the last commit
+        self.abandoned: list[TransactionalProducer] = []  # stuck ones: kept, as destroying them could block
         self.pipeline = pipeline
         self.stop = stop
         self.pause = PauseState(settings.seconds("resume_check_interval_ms"), settings.seconds("max_pause_ms"))
@@ -153,6 +163,8 @@ class BridgeLoop:
         except TransactionAborted as exc:
             log.warning("transaction aborted while producing (%s); redoing from the committed offsets", exc)
             self._abort_and_rewind()
+        except KafkaCallHung as exc:
+            self._replace_producer(exc)
 
     def _commit(self) -> None:
         pending = self.checkpoint.pending
@@ -164,7 +176,10 @@ class BridgeLoop:
         except TransactionAborted as exc:
             log.warning("transaction aborted (%s); redoing %d records", exc, pending)
             self._abort_and_rewind()
+        except KafkaCallHung as exc:
+            self._replace_producer(exc)
         else:
+            self.replacements = 0
             self.window.committed()
             took = time.monotonic() - self._last_commit
             if committed:
@@ -174,8 +189,29 @@ class BridgeLoop:
 
     def _abort_and_rewind(self) -> None:
         self.metrics.transactions.labels("aborted").inc()
-        self.checkpoint.abort()
+        try:
+            self.checkpoint.abort()
+        except KafkaCallHung as exc:
+            self._replace_producer(exc)
+            return
         self.consumer.seek(self.window.restart())
+
+    def _replace_producer(self, hung: KafkaCallHung) -> None:
+        """Go on with a new producer. The stuck one's last transaction may have committed or not: its
+        init_transactions settles it at the broker, and the consumer then reads the group's offsets from there."""
+        self.replacements += 1
+        if self.replace_producer is None or self.replacements > MAX_REPLACEMENTS:
+            raise hung
+        log.warning("%s: replacing the producer (%d in a row); the new one fences the stuck one, and the records "
+                    "after the offsets the group has committed are redone", one_line(hung), self.replacements)
+        self.metrics.transactions.labels("abandoned").inc()
+        self.abandoned.append(self.producer)
+        self.producer = self.replace_producer()  # a KafkaCallHung of its own init goes up: exit 1
+        self.checkpoint.replace_producer(self.producer)
+        self.window.restart()
+        assigned = self.consumer.assignment()
+        if assigned:
+            self.consumer.seek(self.consumer.committed(assigned, timeout=self.settings.seconds("kafka_timeout_ms")))
 
     def _finish(self) -> None:
         """Stopping: no new work; Predict calls in flight finish (within the shutdown timeout); commit."""
@@ -274,6 +310,7 @@ class BridgeLoop:
 
 
 LAG_INTERVAL = 5.0  # seconds between updates of kafka_consumergroup_lag
+MAX_REPLACEMENTS = 3  # hung producers replaced in a row without a commit before the loop gives up
 POLL_BATCH = 500
 POLL_BUSY = 0.005  # seconds: outcomes are waiting to be taken
 POLL_IDLE = 0.1

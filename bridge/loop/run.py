@@ -143,11 +143,16 @@ def _run(settings: Settings, stop: StopSignal, metrics: BridgeMetrics, health: H
         return ReadCommittedConsumer(settings.consumer_config(), [settings.input_topic], **callbacks,
                                      close_timeout=kafka_timeout)
 
+    def replace_producer() -> TransactionalProducer:
+        fresh = TransactionalProducer(settings.producer_config(), settings.derived_transactional_id(), kafka_timeout)
+        fresh.init()
+        return fresh
+
     loop = None
     kafka_usable = True
     try:
         producer.init()
-        loop = BridgeLoop(settings, consumer_factory, producer, pipeline, stop, health)
+        loop = BridgeLoop(settings, consumer_factory, producer, pipeline, stop, health, replace_producer)
         health.problem("kafka", None)  # in the group: partitions assigned, or being waited for
         loop.run()
     except FatalKafkaError:
@@ -156,7 +161,8 @@ def _run(settings: Settings, stop: StopSignal, metrics: BridgeMetrics, health: H
     finally:
         closers = [pipeline.close, client.close]
         if kafka_usable:
-            closers = ([loop.consumer.close] if loop is not None else []) + [producer.close] + closers
+            current = loop.producer if loop is not None else producer  # the loop may have replaced it
+            closers = ([loop.consumer.close] if loop is not None else []) + [current.close] + closers
         for close in closers:  # each one, even if another fails; the first error is the one that matters
             try:
                 close()

@@ -45,8 +45,9 @@ class BridgeMetrics:
         self.results = Counter("tfs_bridge_results", "Results committed to the output topic", registry=r)
         self.dead_letters = Counter("tfs_bridge_dead_letters", "Dead letters committed, by stage and type",
                                     ["stage", "type"], registry=r)
-        self.transactions = Counter("tfs_bridge_transactions", "Kafka transactions, by outcome (committed, aborted)",
-                                    ["outcome"], registry=r)
+        self.transactions = Counter("tfs_bridge_transactions",
+                                    "Kafka transactions, by outcome (committed, aborted, abandoned: its producer hung "
+                                    "and was replaced)", ["outcome"], registry=r)
         self.retries = Counter("tfs_bridge_predict_retries", "Predict calls retried, by gRPC code", ["code"],
                                registry=r)
         self.rebalances = Counter("tfs_bridge_rebalances", "Partition assignment changes, by kind "
@@ -67,7 +68,7 @@ class BridgeMetrics:
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
         for stage, kind in DEAD_LETTER_KINDS:
             self.dead_letters.labels(stage, kind)
-        for outcome in ("committed", "aborted"):
+        for outcome in ("committed", "aborted", "abandoned"):
             self.transactions.labels(outcome)
         for code in RETRIED_CODES:
             self.retries.labels(code)

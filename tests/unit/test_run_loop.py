@@ -3,10 +3,12 @@
 import json
 import queue
 
+import pytest
+
 from bridge.config import Settings
-from bridge.errors import ModelUnusable, TransactionAborted
+from bridge.errors import KafkaCallHung, ModelUnusable, TransactionAborted
 from bridge.loop.pipeline import Completion, Failure
-from bridge.loop.bridge_loop import BridgeLoop
+from bridge.loop.bridge_loop import MAX_REPLACEMENTS, BridgeLoop
 from bridge.loop.stop_signal import StopSignal
 from bridge.ops.metrics import BridgeMetrics
 from bridge.records import DeadLetter, OutputMessage
@@ -152,7 +154,7 @@ class FakePipeline:
         return 0
 
 
-def loop(**settings):
+def loop(replace_producer=None, **settings):
     pipeline, producer = FakePipeline(), FakeProducer()
     consumers = []
 
@@ -161,7 +163,8 @@ def loop(**settings):
         return consumers[0]
 
     values = {"commit_interval_ms": 0, "resume_check_interval_ms": 1, "progress_interval_ms": 0, **settings}
-    bridge = BridgeLoop(Settings(**values), factory, producer, pipeline, StopSignal())
+    bridge = BridgeLoop(Settings(**values), factory, producer, pipeline, StopSignal(),
+                        replace_producer=replace_producer)
     return bridge, consumers[0], producer, pipeline
 
 
@@ -364,3 +367,81 @@ def test_records_handed_over_before_a_rebalance_in_the_same_poll_are_dropped_and
     bridge._turn()
     bridge._commit()
     assert producer.committed[-1][1] == {("in", 0): 3} and producer.committed[-1][0][:2] == [(0, 1), (0, 2)]
+
+
+# --- a producer call stuck in librdkafka: replace the producer, rewind to what the broker says is committed ------
+
+HUNG = KafkaCallHung("send_offsets_to_transaction did not return within its deadline")
+
+
+def test_a_hung_commit_replaces_the_producer_and_redoes_from_the_offsets_the_broker_reports():
+    replacements = []
+
+    def replace():
+        replacements.append(FakeProducer())
+        return replacements[-1]
+
+    bridge, consumer, producer, pipeline = loop(replace_producer=replace)
+    consumer.owned = [_Partition("in", 0), _Partition("in", 1)]
+    poll(bridge, consumer, (0, 0), (0, 1), (1, 0))
+    producer.commit_error = HUNG
+    # The stuck transaction did commit partition 0 (the new producer's init settled it); partition 1 had nothing.
+    consumer.group_offsets = {("in", 0): 2}
+    for partition, offset in ((0, 0), (0, 1), (1, 0)):
+        pipeline.finish(partition, offset)
+    bridge._turn()
+    [fresh] = replacements
+    assert bridge.producer is fresh and bridge.checkpoint.producer is fresh and bridge.abandoned == [producer]
+    assert consumer.seeks[-1] == {("in", 0): 2, ("in", 1): -1001}  # the broker's answer, not the local frontier
+    assert bridge.window.records == 0 and bridge.checkpoint.pending == 0
+    assert sample(bridge, "tfs_bridge_transactions_total", outcome="abandoned") == 1
+
+    poll(bridge, consumer, (1, 0))  # partition 1 from its start again; partition 0's records are not redone
+    pipeline.finish(1, 0)
+    bridge._turn()
+    assert fresh.committed == [([(1, 0)], {("in", 1): 1})]
+    assert bridge.replacements == 0  # a commit went through
+
+
+def test_a_hung_abort_replaces_the_producer_too():
+    bridge, consumer, producer, pipeline = loop(replace_producer=FakeProducer)
+    consumer.owned = [_Partition("in", 0)]
+    poll(bridge, consumer, (0, 0))
+    pipeline.finish(0, 0)
+    producer.commit_error = TransactionAborted("commit_transaction: abortable")
+
+    def hung_abort():
+        raise HUNG
+
+    producer.abort = hung_abort
+    bridge._turn()
+    assert bridge.producer is not producer and bridge.abandoned == [producer]
+
+
+def test_without_a_way_to_replace_the_producer_a_hung_call_stops_the_loop():
+    bridge, consumer, producer, pipeline = loop()
+    poll(bridge, consumer, (0, 0))
+    producer.commit_error = HUNG
+    pipeline.finish(0, 0)
+    with pytest.raises(KafkaCallHung):
+        bridge._turn()
+
+
+def test_producers_that_keep_hanging_stop_the_loop_after_max_replacements_in_a_row():
+    def replace():
+        stuck = FakeProducer()
+        stuck.commit_error = HUNG
+        return stuck
+
+    bridge, consumer, producer, pipeline = loop(replace_producer=replace)
+    consumer.owned = [_Partition("in", 0)]
+    producer.commit_error = HUNG
+    for attempt in range(MAX_REPLACEMENTS + 1):
+        poll(bridge, consumer, (0, attempt))
+        pipeline.finish(0, attempt)
+        if attempt < MAX_REPLACEMENTS:
+            bridge._turn()
+        else:
+            with pytest.raises(KafkaCallHung):
+                bridge._turn()
+    assert len(bridge.abandoned) == MAX_REPLACEMENTS

@@ -1,0 +1,145 @@
+"""Exactly once on a three-node Kafka cluster as production runs it (replication factor 3, min.insync.replicas 2 for
+the topics, the offsets topic and the transaction log), with a broker killed, frozen or cut off while records flow.
+
+Each test sends digits through the bridge (a real process, on the session's model server and image server), injects
+its fault into one node at a time, and checks what a read_committed reader sees: every input exactly once. It also
+measures how long the stream stood still (the longest gap between the produce times of consecutive committed
+outputs) and asserts the bridge never exited.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from scripts.bridge_process import BridgeProcess
+from scripts.kafka_cluster import LocalKafkaCluster, remove_cut_rules
+from scripts.kafka_io import read_topic
+from tests.integration.conftest import LOCAL_IMAGES, BridgeTopics, read_outcomes
+from tests.integration.test_bridge import assert_exactly_once, send_digits, wait_for_outputs
+
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
+
+RECORDS = 1500
+FAULT_S = 20  # longer than a broker's session with the controller (9 s): leaders move
+# Slow enough that every fault lands mid-stream; the deadline of each Kafka call at 10 s.
+BRIDGE_FLAGS = ("--max-batch-size", "8", "--max-in-flight", "1", "--kafka-timeout-ms", "10000",
+                "--metrics-port", "0", *LOCAL_IMAGES)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafkaCluster]:
+    running = LocalKafkaCluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        running.start()
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def cluster_topics(cluster, unique) -> BridgeTopics:
+    names = BridgeTopics(f"images-{unique}", f"predictions-{unique}", f"dead-{unique}", f"bridge-{unique}")
+    cluster.create_topics({names.input: 3, names.output: 3, names.dead_letters: 1})
+    return names
+
+
+@pytest.fixture
+def bridges() -> Iterator[list[BridgeProcess]]:
+    """Bridges started with bridges.append(start(...)); killed at teardown."""
+    started: list[BridgeProcess] = []
+    yield started
+    for bridge in started:
+        bridge.kill()
+
+
+def start_bridge(cluster, topics, model_server, log: Path, *extra: str) -> BridgeProcess:
+    return BridgeProcess(log, "--bootstrap-servers", cluster.bootstrap_servers, "--model-server", model_server.address,
+                         *topics.flags(), *BRIDGE_FLAGS, *extra).start()
+
+
+def fully_replicated(cluster, timeout: float = 120.0) -> None:
+    """Until every partition of every topic, internal ones included, has its three replicas in sync."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap_servers})
+    deadline = time.monotonic() + timeout
+    while True:
+        topics = admin.list_topics(timeout=10).topics.values()
+        lagging = [f"{t.topic}[{p.id}]" for t in topics for p in t.partitions.values() if len(p.isrs) < 3]
+        if not lagging:
+            return
+        assert time.monotonic() < deadline, f"under-replicated after {timeout} s: {lagging[:10]}"
+        time.sleep(1)
+
+
+def longest_stall_s(outputs) -> float:
+    """The longest gap between the produce times of consecutive committed outputs, in seconds."""
+    times = sorted(m.timestamp()[1] for m in outputs)
+    return max((b - a for a, b in zip(times, times[1:])), default=0) / 1000
+
+
+def finish(cluster, topics, truth, bridges) -> float:
+    """Check exactly once and that no bridge exited; the longest stall."""
+    outputs, dead = read_outcomes(cluster, topics, expect=len(truth), timeout=240)
+    assert_exactly_once(outputs, dead, truth)
+    for bridge in bridges:
+        assert bridge.process.poll() is None, f"the bridge exited:\n{bridge.log()[-3000:]}"
+    return longest_stall_s(outputs)
+
+
+def test_each_broker_killed_in_turn_and_restarted_on_its_data(cluster, cluster_topics, model_server, image_server,
+                                                              held_out, bridges, tmp_path, record_property):
+    fully_replicated(cluster)
+    truth = send_digits(cluster, cluster_topics, image_server, held_out, RECORDS)
+    bridges.append(start_bridge(cluster, cluster_topics, model_server, tmp_path / "bridge-a.log"))
+    bridges.append(start_bridge(cluster, cluster_topics, model_server, tmp_path / "bridge-b.log",
+                                "--instance-name", "b"))
+    wait_for_outputs(cluster, cluster_topics, 100)
+    for node in cluster.nodes:
+        node.kill()
+        time.sleep(5)
+        node.start_again()
+        fully_replicated(cluster)
+    stall = finish(cluster, cluster_topics, truth, bridges)
+    record_property("longest_stall_s", stall)
+    print(f"kill each broker: longest stall {stall:.1f} s")
+
+
+def test_a_broker_frozen_past_its_session_then_resumed(cluster, cluster_topics, model_server, image_server, held_out,
+                                                       bridges, tmp_path, record_property):
+    fully_replicated(cluster)
+    truth = send_digits(cluster, cluster_topics, image_server, held_out, RECORDS)
+    bridges.append(start_bridge(cluster, cluster_topics, model_server, tmp_path / "bridge.log"))
+    wait_for_outputs(cluster, cluster_topics, 100)
+    node = cluster.nodes[0]
+    try:
+        node.freeze()
+        time.sleep(FAULT_S)
+    finally:
+        node.thaw()
+    stall = finish(cluster, cluster_topics, truth, bridges)
+    record_property("longest_stall_s", stall)
+    print(f"freeze a broker {FAULT_S} s: longest stall {stall:.1f} s")
+
+
+def test_a_broker_cut_off_from_clients_and_brokers_but_in_the_quorum(cluster, cluster_topics, model_server,
+                                                                     image_server, held_out, bridges, tmp_path,
+                                                                     record_property):
+    fully_replicated(cluster)
+    truth = send_digits(cluster, cluster_topics, image_server, held_out, RECORDS)
+    bridges.append(start_bridge(cluster, cluster_topics, model_server, tmp_path / "bridge.log"))
+    wait_for_outputs(cluster, cluster_topics, 100)
+    node = cluster.nodes[1]
+    try:
+        node.cut()
+        time.sleep(FAULT_S)
+    finally:
+        remove_cut_rules()
+    stall = finish(cluster, cluster_topics, truth, bridges)
+    record_property("longest_stall_s", stall)
+    print(f"cut a broker off {FAULT_S} s: longest stall {stall:.1f} s")
