@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from scripts.kafka_local import KafkaError, LocalKafka, free_port, java_command
+from scripts.kafka_local import KafkaError, LocalKafka, create_topics, free_port, java_command
 
 NODES = 3
 IPTABLES_TAG = "tfs-bridge-cut"  # the comment on every rule cut() adds, so heal() and clean-up find them all
@@ -150,16 +150,7 @@ class LocalKafkaCluster:
 
     def create_topics(self, topics: dict[str, int], timeout: float = 30.0) -> None:
         """Topics (name -> partitions) with replication factor 3 (and the cluster's min.insync.replicas 2)."""
-        from confluent_kafka.admin import AdminClient, NewTopic
-
-        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
-        futures = admin.create_topics([NewTopic(name, partitions, 3) for name, partitions in topics.items()])
-        for name, future in futures.items():
-            try:
-                future.result(timeout)
-            except Exception as exc:
-                if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                    raise KafkaError(f"could not create topic {name}: {exc}") from exc
+        create_topics(self.bootstrap_servers, topics, replication=NODES, timeout=timeout)
 
 
 @contextmanager

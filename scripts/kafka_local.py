@@ -236,16 +236,21 @@ class LocalKafka:
 
     def create_topics(self, topics: dict[str, int], timeout: float = 30.0) -> None:
         """Create topics (name -> partitions) with replication factor 1; existing ones are kept."""
-        from confluent_kafka.admin import AdminClient, NewTopic
+        create_topics(self.bootstrap_servers, topics, replication=1, timeout=timeout)
 
-        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
-        futures = admin.create_topics([NewTopic(name, partitions, 1) for name, partitions in topics.items()])
-        for name, future in futures.items():
-            try:
-                future.result(timeout)
-            except Exception as exc:  # KafkaException wrapping TOPIC_ALREADY_EXISTS is fine
-                if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                    raise KafkaError(f"could not create topic {name}: {exc}") from exc
+
+def create_topics(bootstrap_servers: str, topics: dict[str, int], replication: int, timeout: float = 30.0) -> None:
+    """Create topics (name -> partitions) with this replication factor; existing ones are kept."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    futures = admin.create_topics([NewTopic(name, partitions, replication) for name, partitions in topics.items()])
+    for name, future in futures.items():
+        try:
+            future.result(timeout)
+        except Exception as exc:  # KafkaException wrapping TOPIC_ALREADY_EXISTS is fine
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise KafkaError(f"could not create topic {name}: {exc}") from exc
 
 
 def _read_pid(path: Path) -> int | None:

@@ -33,14 +33,14 @@ if [ "$what" = demo ]; then
     exit 0
 fi
 
-# Debian packages: kcat (the users' flow).
+# Debian packages: kcat (the users' flow) and iptables (tests/cluster/ cuts a broker off the network).
 apt_install() {
     local sudo=""
     if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
     $sudo apt-get install -y -q --no-install-recommends "$@" >/dev/null 2>&1 \
         || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q --no-install-recommends "$@" >/dev/null; }
 }
-for tool in kcat; do
+for tool in kcat iptables; do
     if ! command -v "$tool" >/dev/null 2>&1; then
         echo "setup: installing $tool from Debian's packages" >&2
         apt_install "$tool"

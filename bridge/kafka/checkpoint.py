@@ -96,9 +96,11 @@ class Checkpoint:
         return encode_short_dead_letter(DeadLetter.from_error(record, OutputError(reason)))
 
     def _delivery_report(self, record: Record) -> DeliveryCallback:
+        sender = self.producer
+
         def report(error: KafkaError | None, message: Message) -> None:
-            if error is None:
-                return
+            if error is None or sender is not self.producer:
+                return  # delivered, or a replaced producer's report: its transaction is not this one
             self._undelivered += 1
             log.warning("record for %s[%d]@%d not delivered to %s: %s", record.topic, record.partition,
                         record.offset, message.topic(), error.str())

@@ -12,10 +12,12 @@ What stops or pauses the loop is a SystemFailure, and only that (bridge.errors):
                          signature and a real Predict succeeds (PauseState)
     ModelGone            exit 1: the signature changed, or the pause outlasted --max-pause-ms
     TransactionAborted   abort, forget the window, seek back to the last committed frontier, redo
-    KafkaCallHung        a producer call past its deadline: replace the producer (its init_transactions fences the
-                         stuck one and settles its transaction), forget the window, seek back to the offsets the
-                         group has committed as the broker reports them, redo; exit 1 if the new producer cannot
-                         start either, or after MAX_REPLACEMENTS in a row without a commit
+    KafkaCallHung        a producer call past its deadline: forget the window, pause the partitions, keep polling,
+                         and start a new producer with the same transactional.id, trying its init_transactions each
+                         turn (it fences the stuck one, and returns once the broker has settled the stuck
+                         transaction, committed or aborted); then seek back to the offsets the group has committed
+                         as the broker reports them, resume, redo. Exit 1 after MAX_REPLACEMENTS in a row without a
+                         commit, or if the new producer has not started within --max-pause-ms
     any other Kafka one  exit 1 (fatal, fenced)
 
 On revoke, the produced prefix is committed and the revoked partitions' work in flight is dropped (the next
@@ -34,7 +36,8 @@ from collections.abc import Callable
 from confluent_kafka import TopicPartition
 
 from bridge.config import Settings
-from bridge.errors import ConfigError, KafkaCallHung, ModelUnusable, TransactionAborted, one_line
+from bridge.errors import (ConfigError, FatalKafkaError, KafkaCallHung, KafkaTransactionError, ModelUnusable,
+                           TransactionAborted, one_line)
 from bridge.kafka.checkpoint import Checkpoint, OutputTopics
 from bridge.kafka.clients import PartitionKey, ReadCommittedConsumer, TransactionalProducer
 from bridge.loop.pause import PauseState
@@ -53,13 +56,16 @@ class BridgeLoop:
                  producer: TransactionalProducer, pipeline: Pipeline, stop: StopSignal,
                  health: Health | None = None,
                  replace_producer: Callable[[], TransactionalProducer] | None = None) -> None:
-        """replace_producer: a new producer with the same transactional.id, its transactions initialized; None:
-        a hung producer call stops the loop."""
+        """producer: initialized (init_transactions done). replace_producer: a new producer with the same
+        transactional.id, not yet initialized; None: a hung producer call stops the loop."""
         self.settings = settings
         self.producer = producer
         self.replace_producer = replace_producer
         self.replacements = 0  # producers replaced since the last commit
         self.abandoned: list[TransactionalProducer] = []  # stuck ones: kept, as destroying them could block
+        self.producer_started = True  # False from a replacement until its init_transactions succeeds
+        self._producer_down_since = 0.0
+        self._next_start_attempt = 0.0
         self.pipeline = pipeline
         self.stop = stop
         self.pause = PauseState(settings.seconds("resume_check_interval_ms"), settings.seconds("max_pause_ms"))
@@ -117,6 +123,8 @@ class BridgeLoop:
         self._produce_ready()
         if self.pause.paused:
             self._check_model()
+        if not self.producer_started:
+            self._start_producer()
         self._apply_pause()
         if self.checkpoint.pending and time.monotonic() - self._last_commit >= self.commit_interval:
             self._commit()
@@ -157,6 +165,8 @@ class BridgeLoop:
             self.window.finish(done.record, done.tag, message)
 
     def _produce_ready(self) -> None:
+        if not self.producer_started:
+            return  # the window was forgotten: what finishes now is redone after the producer starts
         ready = self.window.ready()
         try:
             self.checkpoint.produce(ready)
@@ -167,6 +177,8 @@ class BridgeLoop:
             self._replace_producer(exc)
 
     def _commit(self) -> None:
+        if not self.producer_started:
+            return
         pending = self.checkpoint.pending
         # The interval runs from one commit's start to the next: a result waits at most the interval plus one
         # commit, not the interval plus two.
@@ -197,21 +209,54 @@ class BridgeLoop:
         self.consumer.seek(self.window.restart())
 
     def _replace_producer(self, hung: KafkaCallHung) -> None:
-        """Go on with a new producer. The stuck one's last transaction may have committed or not: its
-        init_transactions settles it at the broker, and the consumer then reads the group's offsets from there."""
+        """Forget the window and pause input until a new producer has started (_start_producer)."""
         self.replacements += 1
         if self.replace_producer is None or self.replacements > MAX_REPLACEMENTS:
             raise hung
-        log.warning("%s: replacing the producer (%d in a row); the new one fences the stuck one, and the records "
-                    "after the offsets the group has committed are redone", one_line(hung), self.replacements)
+        log.warning("%s: replacing the producer (%d in a row); input pauses until the new one has started",
+                    one_line(hung), self.replacements)
         self.metrics.transactions.labels("abandoned").inc()
         self.abandoned.append(self.producer)
-        self.producer = self.replace_producer()  # a KafkaCallHung of its own init goes up: exit 1
-        self.checkpoint.replace_producer(self.producer)
         self.window.restart()
+        self.producer = self.replace_producer()
+        self.checkpoint.replace_producer(self.producer)
+        if self.producer_started:
+            self._producer_down_since = time.monotonic()
+        self.producer_started = False
+        self._next_start_attempt = 0.0
+        self.health.problem("kafka", f"replacing a hung producer: {one_line(hung)}")
+        self._start_producer()  # at once: usually the broker has settled the stuck transaction already
+        self._apply_pause()  # until it has started, nothing read can be committed
+
+    def _start_producer(self) -> None:
+        """Try the new producer's init_transactions (about once a second). It returns once the broker has settled
+        the stuck producer's transaction; then read the group's offsets from the broker, which now say whether
+        that transaction committed, and redo from there."""
+        now = time.monotonic()
+        if now < self._next_start_attempt:
+            return
+        self._next_start_attempt = now + START_RETRY_INTERVAL
+        try:
+            self.producer.init()
+        except KafkaCallHung as exc:
+            self._replace_producer(exc)
+            return
+        except FatalKafkaError:
+            raise
+        except KafkaTransactionError as exc:
+            down_for = time.monotonic() - self._producer_down_since
+            if down_for > self.settings.seconds("max_pause_ms"):
+                raise FatalKafkaError(f"no new producer could start in {down_for:.0f} s (--max-pause-ms): {exc}")
+            log.info("the new producer cannot start yet (%s); input stays paused", one_line(exc))
+            return
         assigned = self.consumer.assignment()
         if assigned:
             self.consumer.seek(self.consumer.committed(assigned, timeout=self.settings.seconds("kafka_timeout_ms")))
+        self.window.restart()  # anything admitted meanwhile (a new assignment) is read again from there too
+        self.producer_started = True
+        self.health.problem("kafka", None)
+        log.info("the new producer started after %.1f s: resuming from the offsets the group has committed",
+                 time.monotonic() - self._producer_down_since)
 
     def _finish(self) -> None:
         """Stopping: no new work; Predict calls in flight finish (within the shutdown timeout); commit."""
@@ -259,7 +304,7 @@ class BridgeLoop:
         # Paused partitions return nothing, but polling keeps the group membership alive.
         full = self.window.full()
         self.metrics.set_paused("window_full", full and not self.pause.paused)
-        wanted = self.pause.paused or full
+        wanted = self.pause.paused or full or not self.producer_started
         if wanted != self._input_paused:
             (self.consumer.pause if wanted else self.consumer.resume)(self.consumer.assignment())
             self._input_paused = wanted
@@ -311,6 +356,7 @@ class BridgeLoop:
 
 LAG_INTERVAL = 5.0  # seconds between updates of kafka_consumergroup_lag
 MAX_REPLACEMENTS = 3  # hung producers replaced in a row without a commit before the loop gives up
+START_RETRY_INTERVAL = 1.0  # seconds between attempts to start a replacement producer
 POLL_BATCH = 500
 POLL_BUSY = 0.005  # seconds: outcomes are waiting to be taken
 POLL_IDLE = 0.1

@@ -144,9 +144,7 @@ def _run(settings: Settings, stop: StopSignal, metrics: BridgeMetrics, health: H
                                      close_timeout=kafka_timeout)
 
     def replace_producer() -> TransactionalProducer:
-        fresh = TransactionalProducer(settings.producer_config(), settings.derived_transactional_id(), kafka_timeout)
-        fresh.init()
-        return fresh
+        return TransactionalProducer(settings.producer_config(), settings.derived_transactional_id(), kafka_timeout)
 
     loop = None
     kafka_usable = True

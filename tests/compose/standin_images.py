@@ -103,29 +103,34 @@ def build_image(tag: str, context: Path, recipe: str, env: dict[str, str], **bui
            env=env, timeout=BUILD_TIMEOUT_S)
 
 
+def build_standin(name: str, tag: str, recipe: str, env: dict[str, str], extra: dict[str, Path],
+                  **build_args: str) -> str:
+    """Build standins/<name>/ with `extra` (name in the context -> file or folder to copy there) added."""
+    with tempfile.TemporaryDirectory(prefix=f"standin-{name}-") as scratch:
+        context = Path(scratch) / "context"
+        shutil.copytree(STANDINS / name, context)
+        for target, source in extra.items():
+            if source.is_dir():
+                shutil.copytree(source, context / target, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy(source, context / target)
+        build_image(tag, context, recipe, env, **build_args)
+    return tag
+
+
 def build_kafka(env: dict[str, str]) -> str:
-    tag = f"tfs-bridge-standin/kafka:{kafka_version()}"
     libs = fetch_jars()
     recipe = digest(JAVA_BASE.recipe(), tree_digest(STANDINS / "kafka"), *sorted(p.name for p in libs.iterdir()))
-    with tempfile.TemporaryDirectory(prefix="standin-kafka-") as scratch:
-        context = Path(scratch) / "context"
-        shutil.copytree(STANDINS / "kafka", context)
-        shutil.copytree(libs, context / "libs")
-        build_image(tag, context, recipe, env, JAVA_IMAGE=JAVA_BASE.tag)
-    return tag
+    return build_standin("kafka", f"tfs-bridge-standin/kafka:{kafka_version()}", recipe, env, {"libs": libs},
+                         JAVA_IMAGE=JAVA_BASE.tag)
 
 
 def build_tfserving(env: dict[str, str]) -> str:
-    tag = "tfs-bridge-standin/tfserving:latest"
     serving = ROOT / "serving"
     recipe = digest(PYTHON_BASE.recipe(), tree_digest(STANDINS / "tfserving", serving))
-    with tempfile.TemporaryDirectory(prefix="standin-tfserving-") as scratch:
-        context = Path(scratch) / "context"
-        shutil.copytree(STANDINS / "tfserving", context)
-        shutil.copytree(serving, context / "serving", ignore=shutil.ignore_patterns("__pycache__"))
-        shutil.copy(serving / "requirements.txt", context / "requirements.txt")
-        build_image(tag, context, recipe, env, PYTHON_IMAGE=PYTHON_BASE.tag)
-    return tag
+    return build_standin("tfserving", "tfs-bridge-standin/tfserving:latest", recipe, env,
+                         {"serving": serving, "requirements.txt": serving / "requirements.txt"},
+                         PYTHON_IMAGE=PYTHON_BASE.tag)
 
 
 def build_prometheus(env: dict[str, str]) -> str:
@@ -136,12 +141,7 @@ def build_prometheus(env: dict[str, str]) -> str:
         raise RuntimeError(f"scripts/prometheus.sh: {result.stderr[-3000:]}")
     binary = Path(result.stdout.strip())
     recipe = digest(PYTHON_BASE.recipe(), tree_digest(STANDINS / "prometheus"), str(binary))
-    with tempfile.TemporaryDirectory(prefix="standin-prometheus-") as scratch:
-        context = Path(scratch) / "context"
-        shutil.copytree(STANDINS / "prometheus", context)
-        shutil.copy(binary, context / "prometheus")
-        build_image(tag, context, recipe, env, BASE_IMAGE=PYTHON_BASE.tag)
-    return tag
+    return build_standin("prometheus", tag, recipe, env, {"prometheus": binary}, BASE_IMAGE=PYTHON_BASE.tag)
 
 
 def build_standins(env: dict[str, str]) -> dict[str, str]:

@@ -29,11 +29,16 @@ class BridgeTopics:
                 "--dead-letter-topic", self.dead_letters, "--group-id", self.group]
 
 
-@pytest.fixture
-def topics(kafka, unique) -> BridgeTopics:
+def new_topics(kafka, unique: str) -> BridgeTopics:
+    """A bridge's three topics and group, named after `unique`, created on `kafka` (a broker or a cluster)."""
     names = BridgeTopics(f"images-{unique}", f"predictions-{unique}", f"dead-{unique}", f"bridge-{unique}")
     kafka.create_topics({names.input: 3, names.output: 3, names.dead_letters: 1})
     return names
+
+
+@pytest.fixture
+def topics(kafka, unique) -> BridgeTopics:
+    return new_topics(kafka, unique)
 
 
 @pytest.fixture

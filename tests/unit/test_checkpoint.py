@@ -135,3 +135,18 @@ def test_a_result_the_broker_refused_is_a_dead_letter_when_the_transaction_is_re
     topic, letter, _ = producer.produced[-1]
     assert topic == "dlq" and letter["error"]["type"] == "OutputError"
     assert checkpoint.refused == {}  # used once
+
+
+def test_a_replaced_producers_failed_deliveries_do_not_count_against_the_new_transaction(parts):
+    stuck, _, checkpoint = parts
+    stuck.delivery_errors["out"] = KafkaError._FENCED  # its report comes only after it was replaced
+    serve_late, stuck.serve_deliveries = stuck.serve_deliveries, lambda: None
+    checkpoint.produce([result(r) for r in records(0, [0])])
+    fresh = FakeProducer()
+    checkpoint.replace_producer(fresh)
+    assert checkpoint.pending == 0 and checkpoint.producer is fresh
+    checkpoint.produce([result(r) for r in records(0, [0])])
+    serve_late()  # the fenced producer's report arrives now
+    checkpoint.produce([result(r) for r in records(0, [1])])  # would raise if it counted
+    checkpoint.commit({("in", 0): 2})
+    assert fresh.committed_offsets == [{("in", 0): 2}]

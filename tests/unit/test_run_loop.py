@@ -6,7 +6,7 @@ import queue
 import pytest
 
 from bridge.config import Settings
-from bridge.errors import KafkaCallHung, ModelUnusable, TransactionAborted
+from bridge.errors import FatalKafkaError, KafkaCallHung, KafkaTransactionError, ModelUnusable, TransactionAborted
 from bridge.loop.pipeline import Completion, Failure
 from bridge.loop.bridge_loop import MAX_REPLACEMENTS, BridgeLoop
 from bridge.loop.stop_signal import StopSignal
@@ -374,37 +374,68 @@ def test_records_handed_over_before_a_rebalance_in_the_same_poll_are_dropped_and
 HUNG = KafkaCallHung("send_offsets_to_transaction did not return within its deadline")
 
 
-def test_a_hung_commit_replaces_the_producer_and_redoes_from_the_offsets_the_broker_reports():
+class StartingProducer(FakeProducer):
+    """A replacement producer: init() fails `refusals` times (the broker still settling the stuck transaction)."""
+
+    def __init__(self, refusals=0):
+        super().__init__()
+        self.refusals = refusals
+        self.inits = 0
+
+    def init(self):
+        self.inits += 1
+        if self.inits <= self.refusals:
+            raise KafkaTransactionError("init_transactions: concurrent transactions")
+
+
+def test_a_hung_commit_pauses_input_until_a_new_producer_starts_then_redoes_from_the_brokers_offsets():
     replacements = []
 
     def replace():
-        replacements.append(FakeProducer())
+        replacements.append(StartingProducer(refusals=1))
         return replacements[-1]
 
-    bridge, consumer, producer, pipeline = loop(replace_producer=replace)
+    bridge, consumer, producer, pipeline = loop(replace_producer=replace, resume_check_interval_ms=1)
     consumer.owned = [_Partition("in", 0), _Partition("in", 1)]
     poll(bridge, consumer, (0, 0), (0, 1), (1, 0))
     producer.commit_error = HUNG
-    # The stuck transaction did commit partition 0 (the new producer's init settled it); partition 1 had nothing.
-    consumer.group_offsets = {("in", 0): 2}
     for partition, offset in ((0, 0), (0, 1), (1, 0)):
         pipeline.finish(partition, offset)
     bridge._turn()
     [fresh] = replacements
     assert bridge.producer is fresh and bridge.checkpoint.producer is fresh and bridge.abandoned == [producer]
-    assert consumer.seeks[-1] == {("in", 0): 2, ("in", 1): -1001}  # the broker's answer, not the local frontier
+    assert not bridge.producer_started and consumer.paused and fresh.inits == 1  # refused once: still paused
     assert bridge.window.records == 0 and bridge.checkpoint.pending == 0
     assert sample(bridge, "tfs_bridge_transactions_total", outcome="abandoned") == 1
+    assert not bridge.health.ready()[0]
 
+    # The stuck transaction did commit partition 0 (settled by the broker); partition 1 had nothing committed.
+    consumer.group_offsets = {("in", 0): 2}
+    bridge._next_start_attempt = 0.0
+    bridge._turn()
+    assert bridge.producer_started and not consumer.paused and fresh.inits == 2
+    assert consumer.seeks[-1] == {("in", 0): 2, ("in", 1): -1001}  # the broker's answer, not the local frontier
     poll(bridge, consumer, (1, 0))  # partition 1 from its start again; partition 0's records are not redone
     pipeline.finish(1, 0)
     bridge._turn()
-    assert fresh.committed == [([(1, 0)], {("in", 1): 1})]
+    assert fresh.committed == [([(1, 0)], {("in", 1): 1})] and producer.committed == []
     assert bridge.replacements == 0  # a commit went through
 
 
+def test_outcomes_finishing_while_the_new_producer_starts_are_not_produced():
+    bridge, consumer, producer, pipeline = loop(replace_producer=lambda: StartingProducer(refusals=5))
+    consumer.owned = [_Partition("in", 0)]
+    poll(bridge, consumer, (0, 0), (0, 1))
+    producer.commit_error = HUNG
+    pipeline.finish(0, 0)
+    bridge._turn()
+    pipeline.finish(0, 1)  # in flight when the producer hung: its window is forgotten
+    bridge._turn()
+    assert bridge.producer.open == [] and bridge.producer.committed == []
+
+
 def test_a_hung_abort_replaces_the_producer_too():
-    bridge, consumer, producer, pipeline = loop(replace_producer=FakeProducer)
+    bridge, consumer, producer, pipeline = loop(replace_producer=StartingProducer)
     consumer.owned = [_Partition("in", 0)]
     poll(bridge, consumer, (0, 0))
     pipeline.finish(0, 0)
@@ -415,7 +446,7 @@ def test_a_hung_abort_replaces_the_producer_too():
 
     producer.abort = hung_abort
     bridge._turn()
-    assert bridge.producer is not producer and bridge.abandoned == [producer]
+    assert bridge.producer is not producer and bridge.abandoned == [producer] and bridge.producer_started
 
 
 def test_without_a_way_to_replace_the_producer_a_hung_call_stops_the_loop():
@@ -429,19 +460,30 @@ def test_without_a_way_to_replace_the_producer_a_hung_call_stops_the_loop():
 
 def test_producers_that_keep_hanging_stop_the_loop_after_max_replacements_in_a_row():
     def replace():
-        stuck = FakeProducer()
-        stuck.commit_error = HUNG
+        stuck = StartingProducer()
+
+        def hung_init():
+            raise HUNG
+
+        stuck.init = hung_init
         return stuck
 
     bridge, consumer, producer, pipeline = loop(replace_producer=replace)
     consumer.owned = [_Partition("in", 0)]
     producer.commit_error = HUNG
-    for attempt in range(MAX_REPLACEMENTS + 1):
-        poll(bridge, consumer, (0, attempt))
-        pipeline.finish(0, attempt)
-        if attempt < MAX_REPLACEMENTS:
-            bridge._turn()
-        else:
-            with pytest.raises(KafkaCallHung):
-                bridge._turn()
+    poll(bridge, consumer, (0, 0))
+    pipeline.finish(0, 0)
+    with pytest.raises(KafkaCallHung):
+        bridge._turn()  # the commit hangs, then each new producer's init does
     assert len(bridge.abandoned) == MAX_REPLACEMENTS
+
+
+def test_a_new_producer_that_cannot_start_within_max_pause_stops_the_loop():
+    bridge, consumer, producer, pipeline = loop(replace_producer=lambda: StartingProducer(refusals=99),
+                                                max_pause_ms=0)
+    consumer.owned = [_Partition("in", 0)]
+    poll(bridge, consumer, (0, 0))
+    producer.commit_error = HUNG
+    pipeline.finish(0, 0)
+    with pytest.raises(FatalKafkaError, match="max-pause-ms"):
+        bridge._turn()
