@@ -2,7 +2,7 @@
 controller with its own node.id, one static controller quorum, replication factor 3 and min.insync.replicas 2 for the
 topics, the offsets topic and the transaction log. The same Maven jars as the single broker (scripts/kafka_local.py).
 
-Faults for tests, one node at a time: kill() and start() again on its data (SIGKILL: leaders and coordinators move),
+Faults for tests, one node at a time (transaction_coordinator() finds the node a producer depends on most): kill() and start() again on its data (SIGKILL: leaders and coordinators move),
 freeze() and thaw() (SIGSTOP: it hangs with its connections open), cut() and heal() (every packet to its client and
 inter-broker listener dropped by iptables on the loopback, while its controller listener stays in the quorum).
 """
@@ -147,6 +147,17 @@ class LocalKafkaCluster:
             if node.process is not None and node.process.poll() is None:
                 node.thaw()
             node.stop()
+
+    def transaction_coordinator(self, transactional_id: str) -> ClusterNode:
+        """The node coordinating this transactional.id's transactions (Kafka's kafka-transactions.sh describe)."""
+        result = subprocess.run(java_command("org.apache.kafka.tools.TransactionsCommand", "--bootstrap-server",
+                                             self.bootstrap_servers, "describe", "--transactional-id",
+                                             transactional_id), capture_output=True, text=True, timeout=60)
+        lines = [line.split() for line in result.stdout.splitlines() if line.strip()]
+        if result.returncode != 0 or len(lines) < 2 or "CoordinatorId" not in lines[0]:
+            raise KafkaError(f"kafka-transactions describe {transactional_id}: {result.stdout}{result.stderr}")
+        coordinator = int(lines[1][lines[0].index("CoordinatorId")])
+        return next(node for node in self.nodes if node.node_id == coordinator)
 
     def create_topics(self, topics: dict[str, int], timeout: float = 30.0) -> None:
         """Topics (name -> partitions) with replication factor 3 (and the cluster's min.insync.replicas 2)."""

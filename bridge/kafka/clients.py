@@ -4,6 +4,8 @@ read_committed consumer that never commits on its own.
 Transaction policy (when to commit, what to redo) lives in bridge.kafka.checkpoint; this module turns librdkafka's
 errors into the bridge's exceptions and keeps every call bounded in time:
     txn_requires_abort(), or the state error librdkafka answers after one      -> TransactionAborted
+    CONCURRENT_TRANSACTIONS (the coordinator still settling the last one)      -> retried until the deadline, then
+                                                                                  TransactionAborted
     fatal()                                                                    -> FatalKafkaError
     a call that has not returned within its deadline                           -> KafkaCallHung (a FatalKafkaError)
     retriable()                                                                -> retried until the deadline
@@ -50,14 +52,19 @@ def classify(what: str, exc: KafkaException) -> KafkaTransactionError:
     if error.fatal():
         return FatalKafkaError(f"{what}: {error.str()} (fatal: another instance with the same "
                                "transactional.id may have fenced this one)")
-    # After an abortable error librdkafka refuses new work with _STATE, without the abortable flag.
-    if error.txn_requires_abort() or error.code() == KafkaError._STATE:
+    # After an abortable error librdkafka refuses new work with _STATE, without the abortable flag. A coordinator
+    # that stays busy with the previous transaction: abort this one and redo it, which is always safe.
+    if error.txn_requires_abort() or error.code() in (KafkaError._STATE, KafkaError.CONCURRENT_TRANSACTIONS):
         return TransactionAborted(f"{what}: {error.str()}")
     return KafkaTransactionError(f"{what}: {error.str()}")
 
 
 def _retriable(error: KafkaError | None) -> bool:
-    return error is not None and error.retriable() and not error.fatal() and not error.txn_requires_abort()
+    # CONCURRENT_TRANSACTIONS: the coordinator has not finished writing the previous transaction's markers (a
+    # partition leader moving). Kafka's own clients retry it; librdkafka hands it up from
+    # send_offsets_to_transaction without the retriable flag.
+    return (error is not None and not error.fatal() and not error.txn_requires_abort()
+            and (error.retriable() or error.code() == KafkaError.CONCURRENT_TRANSACTIONS))
 
 
 class CallGuard:

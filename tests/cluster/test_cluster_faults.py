@@ -9,7 +9,7 @@ outputs) and asserts the bridge never exited.
 
 from __future__ import annotations
 
-import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -108,19 +108,24 @@ def test_each_broker_killed_in_turn_and_restarted_on_its_data(cluster, cluster_t
     print(f"kill each broker: longest stall {stall:.1f} s")
 
 
-@pytest.mark.parametrize("fault", ["freeze", "cut"])
+@pytest.mark.parametrize("fault", ["freeze", "cut", "freeze-coordinator"])
 def test_a_broker_frozen_or_cut_off_past_its_session_then_back(fault, cluster, cluster_topics, model_server,
                                                                 image_server, held_out, bridges, tmp_path,
                                                                 record_property):
     """freeze: SIGSTOP, the broker hangs with its connections open. cut: every packet to its client and
-    inter-broker listener dropped while its controller listener keeps it in the quorum. Either ends by itself
-    after FAULT_S, however the test goes."""
+    inter-broker listener dropped while its controller listener keeps it in the quorum. freeze-coordinator: the
+    broker coordinating the bridge's transactions frozen, so its send_offsets_to_transaction or
+    commit_transaction does not return. Each ends after FAULT_S, however the test goes."""
     fully_replicated(cluster)
     truth = send_digits(cluster, cluster_topics, image_server, held_out, RECORDS)
-    bridges.append(start_bridge(cluster, cluster_topics, model_server, tmp_path / "bridge.log"))
+    bridge = start_bridge(cluster, cluster_topics, model_server, tmp_path / "bridge.log")
+    bridges.append(bridge)
     wait_for_outputs(cluster, cluster_topics, 100)
-    node = cluster.nodes[0 if fault == "freeze" else 1]
-    begin, end = (node.freeze, node.thaw) if fault == "freeze" else (node.cut, remove_cut_rules)
+    if fault == "freeze-coordinator":
+        node = cluster.transaction_coordinator(re.search(r"transactional\.id (\S+)", bridge.log()).group(1))
+    else:
+        node = cluster.nodes[0 if fault == "freeze" else 1]
+    begin, end = (node.cut, remove_cut_rules) if fault == "cut" else (node.freeze, node.thaw)
     try:
         begin()
         time.sleep(FAULT_S)

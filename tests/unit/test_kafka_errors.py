@@ -22,6 +22,7 @@ def kafka_exception(code=KafkaError._TIMED_OUT, fatal=False, retriable=False, tx
     ({"fatal": True, "txn_requires_abort": True}, FatalKafkaError),  # fatal wins
     ({"code": KafkaError._STATE}, TransactionAborted),  # what librdkafka answers after an abortable error
     ({"code": KafkaError._UNKNOWN_TOPIC}, KafkaTransactionError),
+    ({"code": KafkaError.CONCURRENT_TRANSACTIONS}, TransactionAborted),  # once retrying has not helped
 ])
 def test_classify(flags, kind):
     error = classify("commit_transaction", kafka_exception(**flags))
@@ -39,6 +40,20 @@ def test_retriable_errors_are_retried_until_the_call_succeeds():
         return answer
 
     assert call_transactional("commit", call, timeout=5, guard=guard, sleep=lambda _: None) == "done"
+
+
+def test_a_coordinator_busy_with_the_last_transaction_is_retried_though_librdkafka_does_not_flag_it():
+    guard = CallGuard("test")
+    answers = [kafka_exception(code=KafkaError.CONCURRENT_TRANSACTIONS), "done"]
+
+    def call(timeout):
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert call_transactional("send_offsets_to_transaction", call, timeout=5, guard=guard,
+                              sleep=lambda _: None) == "done"
 
 
 def test_retriable_errors_past_the_deadline_are_classified():
