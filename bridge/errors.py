@@ -27,9 +27,10 @@ because of it. Any other exception raised while handling one record is that reco
         └── KafkaTransactionError    a Kafka transaction call failed
             ├── TransactionAborted   txn_requires_abort() (or the state error after it): abort, rewind, redo
             └── FatalKafkaError      fatal(), e.g. a fenced producer, or a call past its deadline: exit 1
-                └── KafkaCallHung    a producer call past its deadline: the loop replaces the producer (a new one
-                                     fences the stuck one) and redoes from the group's offsets; exit 1 if that
-                                     does not help
+                └── ProducerUnusable this producer cannot go on, but a new one with its transactional.id can: the
+                    │                loop replaces it (the new one fences it) and redoes from the group's offsets;
+                    │                exit 1 if that does not help. Also librdkafka's fatal INVALID_TXN_STATE
+                    └── KafkaCallHung  a call past its deadline: the client is stuck in librdkafka
 """
 
 from __future__ import annotations
@@ -156,5 +157,9 @@ class FatalKafkaError(KafkaTransactionError):
     """The producer or consumer cannot continue (fenced, fatal error, or a call that did not return in time)."""
 
 
-class KafkaCallHung(FatalKafkaError):
+class ProducerUnusable(FatalKafkaError):
+    """This producer cannot go on, but a new one with the same transactional.id can (it fences this one)."""
+
+
+class KafkaCallHung(ProducerUnusable):
     """A Kafka client call did not return within its deadline: that client is stuck in librdkafka for good."""

@@ -7,7 +7,8 @@ Protocol (the order of confluent-kafka's eos_transactions example, plus the abor
        with the consumer group metadata, then commit_transaction; results and offsets become visible together
     4. on TransactionAborted: abort(); the run loop seeks the partitions back to the last committed positions
        (bridge.loop.window) and redoes the records
-    5. on KafkaCallHung (a call stuck in librdkafka): the run loop hands over a new producer (replace_producer);
+    5. on ProducerUnusable (a call stuck in librdkafka, or a state only a new producer settles): the run loop hands
+       over a new producer (replace_producer);
        whether the stuck transaction committed is known only to the broker, so the loop rewinds to the group's
        committed offsets as the broker reports them
 

@@ -7,6 +7,7 @@ errors into the bridge's exceptions and keeps every call bounded in time:
     CONCURRENT_TRANSACTIONS (the coordinator still settling the last one)      -> retried until the deadline, then
                                                                                   TransactionAborted
     fatal()                                                                    -> FatalKafkaError
+    fatal() INVALID_TXN_STATE (a new producer can settle it)                   -> ProducerUnusable
     a call that has not returned within its deadline                           -> KafkaCallHung (a FatalKafkaError)
     retriable()                                                                -> retried until the deadline
     a record larger than message.max.bytes                                     -> OutputError (that record's)
@@ -27,7 +28,7 @@ from typing import Any, TypeVar
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from bridge.errors import (ConfigError, FatalKafkaError, KafkaCallHung, KafkaTransactionError, OutputError,
-                           TransactionAborted)
+                           ProducerUnusable, TransactionAborted)
 
 log = logging.getLogger(__name__)
 librdkafka_log = logging.getLogger("bridge.librdkafka")
@@ -49,6 +50,10 @@ def classify(what: str, exc: KafkaException) -> KafkaTransactionError:
     error = _kafka_error(exc)
     if error is None:
         return KafkaTransactionError(f"{what}: {exc}")
+    if error.fatal() and error.code() == KafkaError.INVALID_TXN_STATE:
+        # The coordinator and librdkafka disagree on the transaction (seen after a broker kill on a cluster):
+        # only a new producer's init_transactions settles it. A fence is different: another instance holds the id.
+        return ProducerUnusable(f"{what}: {error.str()}")
     if error.fatal():
         return FatalKafkaError(f"{what}: {error.str()} (fatal: another instance with the same "
                                "transactional.id may have fenced this one)")

@@ -12,7 +12,8 @@ What stops or pauses the loop is a SystemFailure, and only that (bridge.errors):
                          signature and a real Predict succeeds (PauseState)
     ModelGone            exit 1: the signature changed, or the pause outlasted --max-pause-ms
     TransactionAborted   abort, forget the window, seek back to the last committed frontier, redo
-    KafkaCallHung        a producer call past its deadline: forget the window, pause the partitions, keep polling,
+    ProducerUnusable     a producer call past its deadline (KafkaCallHung), or a transaction state only a new
+                         producer settles: forget the window, pause the partitions, keep polling,
                          and start a new producer with the same transactional.id, trying its init_transactions each
                          turn (it fences the stuck one, and returns once the broker has settled the stuck
                          transaction, committed or aborted); then seek back to the offsets the group has committed
@@ -36,7 +37,7 @@ from collections.abc import Callable
 from confluent_kafka import TopicPartition
 
 from bridge.config import Settings
-from bridge.errors import (ConfigError, FatalKafkaError, KafkaCallHung, KafkaTransactionError, ModelUnusable,
+from bridge.errors import (ConfigError, FatalKafkaError, KafkaTransactionError, ModelUnusable, ProducerUnusable,
                            TransactionAborted, one_line)
 from bridge.kafka.checkpoint import Checkpoint, OutputTopics
 from bridge.kafka.clients import PartitionKey, ReadCommittedConsumer, TransactionalProducer
@@ -173,7 +174,7 @@ class BridgeLoop:
         except TransactionAborted as exc:
             log.warning("transaction aborted while producing (%s); redoing from the committed offsets", exc)
             self._abort_and_rewind()
-        except KafkaCallHung as exc:
+        except ProducerUnusable as exc:
             self._replace_producer(exc)
 
     def _commit(self) -> None:
@@ -188,7 +189,7 @@ class BridgeLoop:
         except TransactionAborted as exc:
             log.warning("transaction aborted (%s); redoing %d records", exc, pending)
             self._abort_and_rewind()
-        except KafkaCallHung as exc:
+        except ProducerUnusable as exc:
             self._replace_producer(exc)
         else:
             self.replacements = 0
@@ -203,12 +204,12 @@ class BridgeLoop:
         self.metrics.transactions.labels("aborted").inc()
         try:
             self.checkpoint.abort()
-        except KafkaCallHung as exc:
+        except ProducerUnusable as exc:
             self._replace_producer(exc)
             return
         self.consumer.seek(self.window.restart())
 
-    def _replace_producer(self, hung: KafkaCallHung) -> None:
+    def _replace_producer(self, hung: ProducerUnusable) -> None:
         """Forget the window and pause input until a new producer has started (_start_producer)."""
         self.replacements += 1
         if self.replace_producer is None or self.replacements > MAX_REPLACEMENTS:
@@ -238,7 +239,7 @@ class BridgeLoop:
         self._next_start_attempt = now + START_RETRY_INTERVAL
         try:
             self.producer.init()
-        except KafkaCallHung as exc:
+        except ProducerUnusable as exc:
             self._replace_producer(exc)
             return
         except FatalKafkaError:

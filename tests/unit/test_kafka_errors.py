@@ -6,7 +6,8 @@ import time
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from bridge.errors import FatalKafkaError, KafkaCallHung, KafkaTransactionError, OutputError, TransactionAborted
+from bridge.errors import (FatalKafkaError, KafkaCallHung, KafkaTransactionError, OutputError, ProducerUnusable,
+                           TransactionAborted)
 from bridge.kafka.clients import CallGuard, TransactionalProducer, call_transactional, classify
 
 
@@ -23,6 +24,7 @@ def kafka_exception(code=KafkaError._TIMED_OUT, fatal=False, retriable=False, tx
     ({"code": KafkaError._STATE}, TransactionAborted),  # what librdkafka answers after an abortable error
     ({"code": KafkaError._UNKNOWN_TOPIC}, KafkaTransactionError),
     ({"code": KafkaError.CONCURRENT_TRANSACTIONS}, TransactionAborted),  # once retrying has not helped
+    ({"code": KafkaError.INVALID_TXN_STATE, "fatal": True}, ProducerUnusable),  # a new producer settles it
 ])
 def test_classify(flags, kind):
     error = classify("commit_transaction", kafka_exception(**flags))

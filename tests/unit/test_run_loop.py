@@ -6,7 +6,8 @@ import queue
 import pytest
 
 from bridge.config import Settings
-from bridge.errors import FatalKafkaError, KafkaCallHung, KafkaTransactionError, ModelUnusable, TransactionAborted
+from bridge.errors import (FatalKafkaError, KafkaCallHung, KafkaTransactionError, ModelUnusable, ProducerUnusable,
+                           TransactionAborted)
 from bridge.loop.pipeline import Completion, Failure
 from bridge.loop.bridge_loop import MAX_REPLACEMENTS, BridgeLoop
 from bridge.loop.stop_signal import StopSignal
@@ -447,6 +448,17 @@ def test_a_hung_abort_replaces_the_producer_too():
     producer.abort = hung_abort
     bridge._turn()
     assert bridge.producer is not producer and bridge.abandoned == [producer] and bridge.producer_started
+
+
+def test_a_transaction_state_only_a_new_producer_settles_replaces_the_producer():
+    bridge, consumer, producer, pipeline = loop(replace_producer=StartingProducer)
+    consumer.owned = [_Partition("in", 0)]
+    poll(bridge, consumer, (0, 0))
+    pipeline.finish(0, 0)
+    producer.commit_error = ProducerUnusable("abort_transaction: Broker: invalid transaction state")
+    bridge._turn()
+    assert bridge.producer is not producer and bridge.producer_started
+    assert consumer.seeks[-1] == {("in", 0): -1001}
 
 
 def test_without_a_way_to_replace_the_producer_a_hung_call_stops_the_loop():
