@@ -4,8 +4,8 @@ read_committed consumer that never commits on its own.
 Transaction policy (when to commit, what to redo) lives in bridge.kafka.checkpoint; this module turns librdkafka's
 errors into the bridge's exceptions and keeps every call bounded in time:
     txn_requires_abort(), or the state error librdkafka answers after one      -> TransactionAborted
-    CONCURRENT_TRANSACTIONS (the coordinator still settling the last one)      -> retried until the deadline, then
-                                                                                  TransactionAborted
+    the transaction coordinator moving or busy settling the last transaction   -> retried until the deadline, then
+    (COORDINATOR_BUSY: librdkafka hands these up without the retriable flag)      TransactionAborted
     fatal()                                                                    -> FatalKafkaError
     fatal() INVALID_TXN_STATE (a new producer can settle it)                   -> ProducerUnusable
     a call that has not returned within its deadline                           -> KafkaCallHung (a FatalKafkaError)
@@ -38,6 +38,11 @@ Headers = Sequence[tuple[str, bytes]]
 PartitionKey = tuple[str, int]
 DeliveryCallback = Callable[[KafkaError | None, Message], None]
 GRACE = 5.0  # seconds a call may take beyond the timeout it was given before it counts as hung
+# The transaction coordinator moved (a broker lost) or has not finished the last transaction's markers. Kafka's own
+# clients retry these; librdkafka hands them up from send_offsets_to_transaction without the retriable flag (seen
+# on a three-node cluster with a broker killed or frozen).
+COORDINATOR_BUSY = frozenset({KafkaError.CONCURRENT_TRANSACTIONS, KafkaError.NOT_COORDINATOR,
+                              KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.COORDINATOR_LOAD_IN_PROGRESS})
 
 
 def _kafka_error(exc: KafkaException) -> KafkaError | None:
@@ -59,17 +64,14 @@ def classify(what: str, exc: KafkaException) -> KafkaTransactionError:
                                "transactional.id may have fenced this one)")
     # After an abortable error librdkafka refuses new work with _STATE, without the abortable flag. A coordinator
     # that stays busy with the previous transaction: abort this one and redo it, which is always safe.
-    if error.txn_requires_abort() or error.code() in (KafkaError._STATE, KafkaError.CONCURRENT_TRANSACTIONS):
+    if error.txn_requires_abort() or error.code() == KafkaError._STATE or error.code() in COORDINATOR_BUSY:
         return TransactionAborted(f"{what}: {error.str()}")
     return KafkaTransactionError(f"{what}: {error.str()}")
 
 
 def _retriable(error: KafkaError | None) -> bool:
-    # CONCURRENT_TRANSACTIONS: the coordinator has not finished writing the previous transaction's markers (a
-    # partition leader moving). Kafka's own clients retry it; librdkafka hands it up from
-    # send_offsets_to_transaction without the retriable flag.
     return (error is not None and not error.fatal() and not error.txn_requires_abort()
-            and (error.retriable() or error.code() == KafkaError.CONCURRENT_TRANSACTIONS))
+            and (error.retriable() or error.code() in COORDINATOR_BUSY))
 
 
 class CallGuard:

@@ -24,6 +24,7 @@ def kafka_exception(code=KafkaError._TIMED_OUT, fatal=False, retriable=False, tx
     ({"code": KafkaError._STATE}, TransactionAborted),  # what librdkafka answers after an abortable error
     ({"code": KafkaError._UNKNOWN_TOPIC}, KafkaTransactionError),
     ({"code": KafkaError.CONCURRENT_TRANSACTIONS}, TransactionAborted),  # once retrying has not helped
+    ({"code": KafkaError.NOT_COORDINATOR}, TransactionAborted),
     ({"code": KafkaError.INVALID_TXN_STATE, "fatal": True}, ProducerUnusable),  # a new producer settles it
 ])
 def test_classify(flags, kind):
