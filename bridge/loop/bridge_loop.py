@@ -225,7 +225,7 @@ class BridgeLoop:
             self._producer_down_since = time.monotonic()
         self.producer_started = False
         self._next_start_attempt = 0.0
-        self.health.problem("kafka", f"replacing a hung producer: {one_line(hung)}")
+        self.health.problem("kafka", f"replacing an unusable producer: {one_line(hung)}")
         self._start_producer()  # at once: usually the broker has settled the stuck transaction already
         self._apply_pause()  # until it has started, nothing read can be committed
 
