@@ -44,7 +44,7 @@ EXPECTED_SERIES: dict[str, dict[str, tuple[str, ...]]] = {
     "tfs_bridge_records_consumed_total": {},
     "tfs_bridge_results_total": {},
     "tfs_bridge_dead_letters_total": {"stage": DEAD_LETTER_STAGES, "type": ANY},
-    "tfs_bridge_transactions_total": {"outcome": ("committed", "aborted")},
+    "tfs_bridge_transactions_total": {"outcome": ("committed", "aborted", "abandoned")},
     "tfs_bridge_predict_retries_total": {"code": ANY},  # gRPC code names
     "tfs_bridge_rebalances_total": {"kind": ("assigned", "revoked", "lost")},
     # histograms
