@@ -2,9 +2,10 @@
 controller with its own node.id, one static controller quorum, replication factor 3 and min.insync.replicas 2 for the
 topics, the offsets topic and the transaction log. The same Maven jars as the single broker (scripts/kafka_local.py).
 
-Faults for tests, one node at a time (transaction_coordinator() finds the node a producer depends on most): kill() and start() again on its data (SIGKILL: leaders and coordinators move),
-freeze() and thaw() (SIGSTOP: it hangs with its connections open), cut() and heal() (every packet to its client and
-inter-broker listener dropped by iptables on the loopback, while its controller listener stays in the quorum).
+Faults for tests, one node at a time: kill() and start_again() on its data (SIGKILL: leaders and coordinators
+move), freeze() and thaw() (SIGSTOP: it hangs with its connections open), cut() (every packet to its client and
+inter-broker listener dropped by iptables on the loopback, while its controller listener stays in the quorum) and
+remove_cut_rules(). transaction_coordinator() finds the node a producer's transactions depend on.
 """
 
 from __future__ import annotations
@@ -14,14 +15,12 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-from scripts.kafka_local import KafkaError, LocalKafka, create_topics, free_port, java_command
+from scripts.kafka_local import KafkaError, LocalKafka, create_topics, free_port, java_command, random_cluster_id
 
 NODES = 3
-IPTABLES_TAG = "tfs-bridge-cut"  # the comment on every rule cut() adds, so heal() and clean-up find them all
+IPTABLES_TAG = "tfs-bridge-cut"  # the comment on every rule cut() adds, so remove_cut_rules() finds them all
 NODE_PROPERTIES = """\
 process.roles=broker,controller
 node.id={node_id}
@@ -55,15 +54,13 @@ class ClusterNode(LocalKafka):
         self.node_id = node_id
         self.cluster = cluster
 
-    def _format(self, config: Path) -> None:
-        shutil.rmtree(self.data_dir, ignore_errors=True)
-        self.data_dir.mkdir(parents=True)
-        config.write_text(NODE_PROPERTIES.format(node_id=self.node_id, voters=self.cluster.voters, port=self.port,
-                                                 controller_port=self.controller_port, data_dir=self.data_dir))
-        formatted = subprocess.run(java_command("kafka.tools.StorageTool", "format", "-t", self.cluster.cluster_id,
-                                                "-c", str(config)), capture_output=True, text=True)
-        if formatted.returncode != 0:
-            raise KafkaError(f"formatting node {self.node_id} failed: {formatted.stdout}{formatted.stderr}")
+    def _properties(self) -> str:
+        return NODE_PROPERTIES.format(node_id=self.node_id, voters=self.cluster.voters, port=self.port,
+                                      controller_port=self.controller_port, data_dir=self.data_dir)
+
+    def _format_args(self) -> list[str]:
+        """One of the quorum's voters, with the cluster's id."""
+        return ["-t", self.cluster.cluster_id]
 
     def kill(self) -> None:
         """SIGKILL: no controlled shutdown, as a crashed machine."""
@@ -87,18 +84,10 @@ class ClusterNode(LocalKafka):
 
     def cut(self) -> None:
         """Drop every packet to and from its PLAINTEXT listener (clients and other brokers); the controller
-        listener stays, so the quorum still counts it alive."""
-        for rule in self._rules():
-            _iptables("-I", *rule)
-
-    def heal(self) -> None:
-        for rule in self._rules():
-            _iptables("-D", *rule, check=False)
-
-    def _rules(self) -> list[list[str]]:
+        listener stays, so the quorum still counts it alive. remove_cut_rules() ends it."""
         tag = ["-m", "comment", "--comment", IPTABLES_TAG]
-        return [["INPUT", "-i", "lo", "-p", "tcp", "--dport", str(self.port), *tag, "-j", "DROP"],
-                ["OUTPUT", "-o", "lo", "-p", "tcp", "--sport", str(self.port), *tag, "-j", "DROP"]]
+        _iptables("-I", "INPUT", "-i", "lo", "-p", "tcp", "--dport", str(self.port), *tag, "-j", "DROP")
+        _iptables("-I", "OUTPUT", "-o", "lo", "-p", "tcp", "--sport", str(self.port), *tag, "-j", "DROP")
 
 
 def _iptables(*args: str, check: bool = True) -> None:
@@ -123,8 +112,7 @@ class LocalKafkaCluster:
 
     def __init__(self, work_dir: Path) -> None:
         self.work_dir = Path(work_dir)
-        self.cluster_id = subprocess.run(java_command("kafka.tools.StorageTool", "random-uuid"),
-                                         capture_output=True, text=True, check=True).stdout.strip()
+        self.cluster_id = random_cluster_id()
         self.nodes = [ClusterNode(self.work_dir / f"node-{n}", n, self) for n in range(1, NODES + 1)]
         self.voters = ",".join(f"{node.node_id}@127.0.0.1:{node.controller_port}" for node in self.nodes)
 
@@ -142,7 +130,8 @@ class LocalKafkaCluster:
         return time.monotonic() - began
 
     def stop(self) -> None:
-        remove_cut_rules() if shutil.which("iptables") else None
+        if shutil.which("iptables"):
+            remove_cut_rules()
         for node in self.nodes:
             if node.process is not None and node.process.poll() is None:
                 node.thaw()
@@ -162,13 +151,3 @@ class LocalKafkaCluster:
     def create_topics(self, topics: dict[str, int], timeout: float = 30.0) -> None:
         """Topics (name -> partitions) with replication factor 3 (and the cluster's min.insync.replicas 2)."""
         create_topics(self.bootstrap_servers, topics, replication=NODES, timeout=timeout)
-
-
-@contextmanager
-def running_cluster(work_dir: Path) -> Iterator[LocalKafkaCluster]:
-    cluster = LocalKafkaCluster(work_dir)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()

@@ -188,18 +188,21 @@ class LocalKafka:
         return self.start(timeout, keep_data=True)
 
     def _format(self, config: Path) -> None:
-        """Write server.properties and format an empty data dir with a new cluster id."""
+        """Write server.properties and format an empty data dir."""
         shutil.rmtree(self.data_dir, ignore_errors=True)
         self.data_dir.mkdir(parents=True)
-        config.write_text(SERVER_PROPERTIES.format(
-            port=self.port, controller_port=self.controller_port, data_dir=self.data_dir))
-        cluster_id = subprocess.run(java_command("kafka.tools.StorageTool", "random-uuid"),
-                                    capture_output=True, text=True, check=True).stdout.strip()
-        formatted = subprocess.run(
-            java_command("kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id, "-c", str(config)),
-            capture_output=True, text=True)
+        config.write_text(self._properties())
+        formatted = subprocess.run(java_command("kafka.tools.StorageTool", "format", *self._format_args(),
+                                                "-c", str(config)), capture_output=True, text=True)
         if formatted.returncode != 0:
             raise KafkaError(f"formatting Kafka storage failed: {formatted.stdout}{formatted.stderr}")
+
+    def _properties(self) -> str:
+        return SERVER_PROPERTIES.format(port=self.port, controller_port=self.controller_port, data_dir=self.data_dir)
+
+    def _format_args(self) -> list[str]:
+        """A node that is its own quorum, in a cluster of its own."""
+        return ["--standalone", "-t", random_cluster_id()]
 
     def wait_ready(self, deadline: float) -> None:
         """Until the broker answers a metadata request (deadline: monotonic), else stop it and raise KafkaError."""
@@ -237,6 +240,11 @@ class LocalKafka:
     def create_topics(self, topics: dict[str, int], timeout: float = 30.0) -> None:
         """Create topics (name -> partitions) with replication factor 1; existing ones are kept."""
         create_topics(self.bootstrap_servers, topics, replication=1, timeout=timeout)
+
+
+def random_cluster_id() -> str:
+    return subprocess.run(java_command("kafka.tools.StorageTool", "random-uuid"),
+                          capture_output=True, text=True, check=True).stdout.strip()
 
 
 def create_topics(bootstrap_servers: str, topics: dict[str, int], replication: int, timeout: float = 30.0) -> None:

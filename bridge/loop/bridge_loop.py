@@ -58,7 +58,7 @@ class BridgeLoop:
                  health: Health | None = None,
                  replace_producer: Callable[[], TransactionalProducer] | None = None) -> None:
         """producer: initialized (init_transactions done). replace_producer: a new producer with the same
-        transactional.id, not yet initialized; None: a hung producer call stops the loop."""
+        transactional.id, not yet initialized; None: an unusable producer stops the loop."""
         self.settings = settings
         self.producer = producer
         self.replace_producer = replace_producer
@@ -209,13 +209,13 @@ class BridgeLoop:
             return
         self.consumer.seek(self.window.restart())
 
-    def _replace_producer(self, hung: ProducerUnusable) -> None:
+    def _replace_producer(self, unusable: ProducerUnusable) -> None:
         """Forget the window and pause input until a new producer has started (_start_producer)."""
         self.replacements += 1
         if self.replace_producer is None or self.replacements > MAX_REPLACEMENTS:
-            raise hung
+            raise unusable
         log.warning("%s: replacing the producer (%d in a row); input pauses until the new one has started",
-                    one_line(hung), self.replacements)
+                    one_line(unusable), self.replacements)
         self.metrics.transactions.labels("abandoned").inc()
         self.abandoned.append(self.producer)
         self.window.restart()
@@ -225,7 +225,7 @@ class BridgeLoop:
             self._producer_down_since = time.monotonic()
         self.producer_started = False
         self._next_start_attempt = 0.0
-        self.health.problem("kafka", f"replacing an unusable producer: {one_line(hung)}")
+        self.health.problem("kafka", f"replacing an unusable producer: {one_line(unusable)}")
         self._start_producer()  # at once: usually the broker has settled the stuck transaction already
         self._apply_pause()  # until it has started, nothing read can be committed
 
@@ -356,7 +356,7 @@ class BridgeLoop:
 
 
 LAG_INTERVAL = 5.0  # seconds between updates of kafka_consumergroup_lag
-MAX_REPLACEMENTS = 3  # hung producers replaced in a row without a commit before the loop gives up
+MAX_REPLACEMENTS = 3  # unusable producers replaced in a row without a commit before the loop gives up
 START_RETRY_INTERVAL = 1.0  # seconds between attempts to start a replacement producer
 POLL_BATCH = 500
 POLL_BUSY = 0.005  # seconds: outcomes are waiting to be taken

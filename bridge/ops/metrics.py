@@ -46,8 +46,8 @@ class BridgeMetrics:
         self.dead_letters = Counter("tfs_bridge_dead_letters", "Dead letters committed, by stage and type",
                                     ["stage", "type"], registry=r)
         self.transactions = Counter("tfs_bridge_transactions",
-                                    "Kafka transactions, by outcome (committed, aborted, abandoned: its producer hung "
-                                    "and was replaced)", ["outcome"], registry=r)
+                                    "Kafka transactions, by outcome (committed, aborted, abandoned: its producer was "
+                                    "unusable and replaced)", ["outcome"], registry=r)
         self.retries = Counter("tfs_bridge_predict_retries", "Predict calls retried, by gRPC code", ["code"],
                                registry=r)
         self.rebalances = Counter("tfs_bridge_rebalances", "Partition assignment changes, by kind "
