@@ -29,7 +29,8 @@ because of it. Any other exception raised while handling one record is that reco
             └── FatalKafkaError      fatal(), e.g. a fenced producer, or a call past its deadline: exit 1
                 └── ProducerUnusable this producer cannot go on, but a new one with its transactional.id can: the
                     │                loop replaces it (the new one fences it) and redoes from the group's offsets;
-                    │                exit 1 if that does not help. Also librdkafka's fatal INVALID_TXN_STATE
+                    │                exit 1 if that does not help. Also librdkafka's fatal INVALID_TXN_STATE,
+                    │                and a commit or abort still unfinished at its deadline
                     └── KafkaCallHung  a call past its deadline: the client is stuck in librdkafka
 """
 

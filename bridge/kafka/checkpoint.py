@@ -100,8 +100,8 @@ class Checkpoint:
         sender = self.producer
 
         def report(error: KafkaError | None, message: Message) -> None:
-            if error is None or sender is not self.producer:
-                return  # delivered, or a replaced producer's report: its transaction is not this one
+            if error is None or sender is not self.producer or error.code() in _PURGED:
+                return  # delivered, or a report about a transaction already given up: not the open one
             self._undelivered += 1
             log.warning("record for %s[%d]@%d not delivered to %s: %s", record.topic, record.partition,
                         record.offset, message.topic(), error.str())
@@ -138,6 +138,8 @@ class Checkpoint:
         self._undelivered = 0
 
 
+# What an abort does to the records it drops; their reports may arrive after the next transaction has begun.
+_PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
 # Delivery errors that are about the record itself, not the broker's state: redoing it cannot succeed.
 _REFUSED_RECORD = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD})
 

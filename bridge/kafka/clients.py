@@ -8,8 +8,15 @@ errors into the bridge's exceptions and keeps every call bounded in time:
     (COORDINATOR_BUSY: librdkafka hands these up without the retriable flag)      TransactionAborted
     fatal()                                                                    -> FatalKafkaError
     fatal() INVALID_TXN_STATE (a new producer can settle it)                   -> ProducerUnusable
+    commit or abort still failing retriably at the deadline, or librdkafka     -> ProducerUnusable
+    refusing a call because an earlier one is still in progress (_CONFLICT):
+    librdkafka goes on with it in the background and accepts nothing but the
+    same call again, so only a new producer (which fences this one) settles it
     a call that has not returned within its deadline                           -> KafkaCallHung (a FatalKafkaError)
     retriable()                                                                -> retried until the deadline
+    any other error of send_offsets_to_transaction or commit_transaction       -> TransactionAborted (a broker
+                                                                                  gone mid-call; redoing is safe)
+    any error of abort_transaction but a fence                                 -> ProducerUnusable
     a record larger than message.max.bytes                                     -> OutputError (that record's)
 librdkafka is known to ignore the timeout of some transactional calls when the group coordinator goes away, so
 each one runs on a worker thread and the caller waits for it no longer than its deadline (and stays responsive
@@ -50,11 +57,15 @@ def _kafka_error(exc: KafkaException) -> KafkaError | None:
     return error if isinstance(error, KafkaError) else None
 
 
-def classify(what: str, exc: KafkaException) -> KafkaTransactionError:
-    """The bridge exception for a failed producer call: fatal, abort-required, or plain."""
+def classify(what: str, exc: KafkaException,
+             otherwise: type[KafkaTransactionError] = KafkaTransactionError) -> KafkaTransactionError:
+    """The bridge exception for a failed producer call: fatal, unusable, abort-required, or else `otherwise`."""
     error = _kafka_error(exc)
     if error is None:
-        return KafkaTransactionError(f"{what}: {exc}")
+        return otherwise(f"{what}: {exc}")
+    if error.code() == KafkaError._CONFLICT:
+        # e.g. abort_transaction after commit_transaction timed out: librdkafka still runs the commit.
+        return ProducerUnusable(f"{what}: {error.str()}")
     if error.fatal() and error.code() == KafkaError.INVALID_TXN_STATE:
         # The coordinator and librdkafka disagree on the transaction (seen after a broker kill on a cluster):
         # only a new producer's init_transactions settles it. A fence is different: another instance holds the id.
@@ -66,7 +77,7 @@ def classify(what: str, exc: KafkaException) -> KafkaTransactionError:
     # that stays busy with the previous transaction: abort this one and redo it, which is always safe.
     if error.txn_requires_abort() or error.code() == KafkaError._STATE or error.code() in COORDINATOR_BUSY:
         return TransactionAborted(f"{what}: {error.str()}")
-    return KafkaTransactionError(f"{what}: {error.str()}")
+    return otherwise(f"{what}: {error.str()}")
 
 
 def _retriable(error: KafkaError | None) -> bool:
@@ -108,9 +119,16 @@ class CallGuard:
 
 
 def call_transactional(what: str, call: Callable[[float], T], timeout: float, guard: CallGuard,
-                       sleep: Callable[[float], None] = time.sleep, serve: Callable[[], object] | None = None) -> T:
+                       sleep: Callable[[float], None] = time.sleep, serve: Callable[[], object] | None = None,
+                       ends_transaction: bool = False,
+                       otherwise: type[KafkaTransactionError] = KafkaTransactionError) -> T:
     """Run a producer transaction call (given the seconds it may take), retrying retriable errors, all within
-    `timeout`; the rest are classified. The call runs under `guard`, so it cannot block past the deadline."""
+    `timeout`; the rest are classified. The call runs under `guard`, so it cannot block past the deadline.
+
+    ends_transaction: commit_transaction or abort_transaction. A retriable error from one of those (its own
+    timeout, a coordinator away) means librdkafka goes on ending the transaction in the background and refuses
+    any other call until it is called again: still failing at the deadline, the producer is ProducerUnusable.
+    otherwise: the exception for an error classify() has no class for."""
     deadline = time.monotonic() + timeout
     attempt = 0
     while True:
@@ -121,7 +139,10 @@ def call_transactional(what: str, call: Callable[[float], T], timeout: float, gu
         except KafkaException as exc:
             error = _kafka_error(exc)
             if not _retriable(error) or time.monotonic() + attempt * 0.2 >= deadline:
-                raise classify(what, exc) from exc
+                if ends_transaction and _retriable(error):
+                    raise ProducerUnusable(f"{what} still failing after {timeout:g} s ({error.str()}); librdkafka "
+                                           "accepts no other call until it completes") from exc
+                raise classify(what, exc, otherwise) from exc
             log.warning("%s failed (%s); retrying", what, error.str())
             sleep(attempt * 0.2)
 
@@ -157,8 +178,10 @@ class TransactionalProducer:
         self._guard = CallGuard("kafka-txn")
         self.in_transaction = False
 
-    def _transactional(self, what: str, call: Callable[[float], T]) -> T:
-        return call_transactional(what, call, self.timeout, self._guard, serve=self.serve_deliveries)
+    def _transactional(self, what: str, call: Callable[[float], T], ends_transaction: bool = False,
+                       otherwise: type[KafkaTransactionError] = KafkaTransactionError) -> T:
+        return call_transactional(what, call, self.timeout, self._guard, serve=self.serve_deliveries,
+                                  ends_transaction=ends_transaction, otherwise=otherwise)
 
     def init(self) -> None:
         """Register the transactional.id, fencing older instances that used it; aborts their open work."""
@@ -200,15 +223,23 @@ class TransactionalProducer:
         """Add consumer offsets (the next offset to read, per partition) to the open transaction."""
         self._transactional("send_offsets_to_transaction",
                             lambda timeout: self._producer.send_offsets_to_transaction(offsets, group_metadata,
-                                                                                       timeout))
+                                                                                       timeout),
+                            otherwise=TransactionAborted)
 
     def commit(self) -> None:
         """Commit the open transaction. On TransactionAborted the caller must still call abort()."""
-        self._transactional("commit_transaction", self._producer.commit_transaction)
+        self._transactional("commit_transaction", self._producer.commit_transaction, ends_transaction=True,
+                            otherwise=TransactionAborted)
         self.in_transaction = False
 
     def abort(self) -> None:
-        self._transactional("abort_transaction", self._producer.abort_transaction)
+        """Abort the open transaction. ProducerUnusable if that fails: a new producer's init aborts it instead."""
+        try:
+            self._transactional("abort_transaction", self._producer.abort_transaction, ends_transaction=True)
+        except FatalKafkaError:
+            raise
+        except KafkaTransactionError as exc:
+            raise ProducerUnusable(str(exc)) from exc
         self.in_transaction = False
 
     def flush(self) -> int:

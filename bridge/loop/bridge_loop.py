@@ -349,7 +349,10 @@ class BridgeLoop:
         self.metrics.transactions.labels("aborted").inc()
         lost = {(tp.topic, tp.partition) for tp in partitions}
         self._revoked_in_poll.update(lost)
-        self.checkpoint.abort()
+        try:
+            self.checkpoint.abort()
+        except ProducerUnusable as exc:
+            self._replace_producer(exc)
         self.window.drop(lost)
         self.consumer.seek(self.window.restart())
         self._input_paused = False

@@ -150,3 +150,16 @@ def test_a_replaced_producers_failed_deliveries_do_not_count_against_the_new_tra
     checkpoint.produce([result(r) for r in records(0, [1])])  # would raise if it counted
     checkpoint.commit({("in", 0): 2})
     assert fresh.committed_offsets == [{("in", 0): 2}]
+
+
+def test_reports_of_records_an_abort_purged_do_not_count_against_the_next_transaction(parts):
+    producer, _, checkpoint = parts
+    producer.delivery_errors["out"] = KafkaError._PURGE_QUEUE  # librdkafka reports these after abort_transaction
+    serve_late, producer.serve_deliveries = producer.serve_deliveries, lambda: None
+    checkpoint.produce([result(r) for r in records(0, [0, 1])])
+    checkpoint.abort()
+    producer.delivery_errors.clear()
+    producer.serve_deliveries = serve_late
+    checkpoint.produce([result(r) for r in records(0, [0, 1])])  # the redo serves the purged reports: no abort
+    checkpoint.commit({("in", 0): 2})
+    assert producer.committed_offsets == [{("in", 0): 2}] and producer.aborts == 1

@@ -26,6 +26,8 @@ def kafka_exception(code=KafkaError._TIMED_OUT, fatal=False, retriable=False, tx
     ({"code": KafkaError.CONCURRENT_TRANSACTIONS}, TransactionAborted),  # once retrying has not helped
     ({"code": KafkaError.NOT_COORDINATOR}, TransactionAborted),
     ({"code": KafkaError.INVALID_TXN_STATE, "fatal": True}, ProducerUnusable),  # a new producer settles it
+    # e.g. abort_transaction while a timed-out commit_transaction goes on in the background
+    ({"code": KafkaError._CONFLICT}, ProducerUnusable),
 ])
 def test_classify(flags, kind):
     error = classify("commit_transaction", kafka_exception(**flags))
@@ -65,8 +67,25 @@ def test_retriable_errors_past_the_deadline_are_classified():
     def call(timeout):
         raise kafka_exception(retriable=True)
 
-    with pytest.raises(KafkaTransactionError):
-        call_transactional("commit", call, timeout=0.3, guard=guard, sleep=time.sleep)
+    with pytest.raises(KafkaTransactionError) as failed:
+        call_transactional("send_offsets_to_transaction", call, timeout=0.3, guard=guard, sleep=time.sleep)
+    assert not isinstance(failed.value, ProducerUnusable)  # the transaction can still be aborted
+
+
+def test_a_commit_still_timing_out_at_the_deadline_makes_the_producer_unusable():
+    # librdkafka goes on committing in the background and refuses the abort: only a new producer settles it.
+    guard = CallGuard("test")
+    timeouts = []
+
+    def call(timeout):
+        timeouts.append(timeout)
+        time.sleep(timeout)
+        raise kafka_exception(code=KafkaError._TIMED_OUT, retriable=True)
+
+    with pytest.raises(ProducerUnusable, match="commit_transaction still failing"):
+        call_transactional("commit_transaction", call, timeout=0.3, guard=guard, sleep=time.sleep,
+                           ends_transaction=True)
+    assert timeouts and timeouts[0] == pytest.approx(0.3, abs=0.05)  # the whole deadline for librdkafka's own try
 
 
 def test_abortable_errors_are_not_retried():
@@ -136,3 +155,51 @@ def test_the_state_error_after_an_abortable_one_aborts_the_transaction():
     producer = producer_refusing(kafka_exception(code=KafkaError._STATE))
     with pytest.raises(TransactionAborted):
         producer.produce("out", b"v")
+
+
+class FakeTransactions:
+    """librdkafka's transactional calls, each failing with one error."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def send_offsets_to_transaction(self, offsets, metadata, timeout):
+        raise self.error
+
+    def commit_transaction(self, timeout):
+        raise self.error
+
+    def abort_transaction(self, timeout):
+        raise self.error
+
+    def poll(self, timeout):
+        pass
+
+
+def producer_failing(error):
+    producer = TransactionalProducer.__new__(TransactionalProducer)
+    producer.timeout = 0.5
+    producer._producer = FakeTransactions(error)
+    producer._guard = CallGuard("test")
+    producer.in_transaction = True
+    return producer
+
+
+@pytest.mark.parametrize("call, error, kind", [
+    # A broker gone mid-call (seen on a single broker restarting): abort and redo, rather than exit.
+    (lambda p: p.send_offsets([], None), kafka_exception(code=KafkaError._TRANSPORT), TransactionAborted),
+    (lambda p: p.commit(), kafka_exception(code=KafkaError._TRANSPORT), TransactionAborted),
+    # The way out of a failed transaction failing too: a new producer's init_transactions aborts it instead.
+    (lambda p: p.abort(), kafka_exception(code=KafkaError._TRANSPORT), ProducerUnusable),
+    (lambda p: p.abort(), kafka_exception(code=KafkaError._STATE), ProducerUnusable),
+    (lambda p: p.abort(), kafka_exception(code=KafkaError._CONFLICT), ProducerUnusable),
+    # Fenced: another instance owns the transactional.id; a new producer would only fence it back.
+    (lambda p: p.abort(), kafka_exception(code=KafkaError._FENCED, fatal=True), FatalKafkaError),
+    (lambda p: p.commit(), kafka_exception(code=KafkaError._FENCED, fatal=True), FatalKafkaError),
+])
+def test_what_a_failed_transaction_call_leads_to(call, error, kind):
+    producer = producer_failing(error)
+    with pytest.raises(kind) as raised:
+        call(producer)
+    assert type(raised.value) is kind
+    assert producer.in_transaction  # nothing settled: the loop decides

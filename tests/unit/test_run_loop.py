@@ -499,3 +499,21 @@ def test_a_new_producer_that_cannot_start_within_max_pause_stops_the_loop():
     pipeline.finish(0, 0)
     with pytest.raises(FatalKafkaError, match="max-pause-ms"):
         bridge._turn()
+
+
+def test_partitions_lost_while_the_abort_fails_replace_the_producer():
+    bridge, consumer, producer, pipeline = loop(replace_producer=StartingProducer)
+    consumer.owned = [_Partition("in", 0)]
+    poll(bridge, consumer, (0, 0))
+    pipeline.finish(0, 0)
+    bridge._take_completions()
+    bridge._produce_ready()
+    assert producer.in_transaction
+
+    def failing_abort():
+        raise ProducerUnusable("abort_transaction: Local: Broker transport failure")
+
+    producer.abort = failing_abort
+    consumer.callbacks["on_lost"]([_Partition("in", 0)])
+    assert bridge.producer is not producer and bridge.abandoned == [producer] and bridge.producer_started
+    assert producer.committed == [] and bridge.checkpoint.pending == 0
