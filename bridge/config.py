@@ -33,6 +33,7 @@ ENV_PREFIX = "TFS_BRIDGE_"
 LIBRDKAFKA_SESSION_TIMEOUT_MS = 45000  # librdkafka's default session.timeout.ms
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
+GROUP_PROTOCOLS = ("classic", "consumer")
 
 
 # --- value kinds: how text becomes a value, and which values are valid --------------------------------------
@@ -98,6 +99,8 @@ LOG_LEVEL = Kind(f"must be one of {', '.join(LOG_LEVELS)}", lambda raw: raw.stri
                  lambda v: v in LOG_LEVELS)
 LOG_FORMAT = Kind(f"must be one of {', '.join(LOG_FORMATS)}", lambda raw: raw.strip().lower(),
                   lambda v: v in LOG_FORMATS)
+GROUP_PROTOCOL = Kind(f"must be one of {', '.join(GROUP_PROTOCOLS)}", lambda raw: raw.strip().lower(),
+                      lambda v: v in GROUP_PROTOCOLS)
 PORT = Kind("must be a TCP port (0 to 65535)", int, lambda v: _is_int(v) and 0 <= v <= 65535)
 FILE = Kind("must be a readable file", _optional(lambda raw: Path(raw.strip())), _readable_file)
 
@@ -128,6 +131,7 @@ FORBIDDEN_KAFKA_KEYS = {
     "max.poll.interval.ms": "use --max-poll-interval-ms",
     "transaction.timeout.ms": "use --transaction-timeout-ms",
     "group.instance.id": "use --instance-name or --no-static-membership",
+    "group.protocol": "use --group-protocol",
     "enable.auto.commit": FIXED_BY_EXACTLY_ONCE + " (false)",
     "enable.auto.offset.store": FIXED_BY_EXACTLY_ONCE + " (false)",
     "isolation.level": FIXED_BY_EXACTLY_ONCE + " (read_committed)",
@@ -162,6 +166,9 @@ class Settings:
     static_membership: bool = setting(
         True, BOOLEAN, "join the group as a static member (group.instance.id GROUP-INSTANCE_NAME): a restarted "
         "instance gets its partitions back at once")
+    group_protocol: str = setting(
+        "classic", GROUP_PROTOCOL, "consumer group protocol: classic, or consumer (KIP-848: rebalances move only the "
+        "partitions that change owner; needs Kafka 4.0 or later, and the session timeout is the broker's)")
     kafka_config: dict[str, str] = setting(
         {}, KAFKA_CONFIG, "extra librdkafka setting for consumer and producer (security.protocol, sasl.*, "
         "ssl.*); repeatable; env form k=v;k=v", shown="(none)", secret=True)  # may hold passwords
@@ -327,7 +334,9 @@ class Settings:
                                   "max.poll.interval.ms": self.max_poll_interval_ms}
         if self.static_membership:
             config["group.instance.id"] = f"{self.group_id}-{self.instance()}"
-        if self.max_poll_interval_ms < LIBRDKAFKA_SESSION_TIMEOUT_MS:  # librdkafka requires session <= poll interval
+        if self.group_protocol == "consumer":
+            config["group.protocol"] = "consumer"  # its session timeout is the broker's (group.consumer.*)
+        elif self.max_poll_interval_ms < LIBRDKAFKA_SESSION_TIMEOUT_MS:  # librdkafka: session <= poll interval
             config["session.timeout.ms"] = self.max_poll_interval_ms
         return {**config, **self.kafka_config}
 

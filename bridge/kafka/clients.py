@@ -290,7 +290,7 @@ class ReadCommittedConsumer:
             error = message.error()
             if error is None:
                 records.append(message)
-            elif error.fatal():
+            elif error.fatal() or error.code() == KafkaError._FATAL:  # the latter: how a fatal error reaches poll
                 raise FatalKafkaError(f"Kafka consumer failed: {error.str()}")
             elif error.code() != KafkaError._PARTITION_EOF:
                 log.warning("Kafka consumer: %s", error.str())

@@ -341,7 +341,6 @@ class BridgeLoop:
             self._produce_ready()
             self._commit()
         self.window.drop(revoked)  # their work in flight is stale now: the next owner redoes it
-        self._input_paused = False  # a new assignment starts unpaused
 
     def _on_lost(self, partitions: list[TopicPartition]) -> None:
         log.warning("lost %s: aborting the open transaction", _describe(partitions))
@@ -355,7 +354,6 @@ class BridgeLoop:
             self._replace_producer(exc)
         self.window.drop(lost)
         self.consumer.seek(self.window.restart())
-        self._input_paused = False
 
 
 LAG_INTERVAL = 5.0  # seconds between updates of kafka_consumergroup_lag

@@ -4,7 +4,8 @@ the topics, the offsets topic and the transaction log), with a broker killed, fr
 Each test sends digits through the bridge (a real process, on the session's model server and image server), injects
 its fault into one node at a time, and checks what a read_committed reader sees: every input exactly once. It also
 measures how long the stream stood still (the longest gap between the produce times of consecutive committed
-outputs) and asserts the bridge never exited.
+outputs), asserts it stayed within the session timeout plus the deadline of a Kafka call, and that the bridge never
+exited.
 """
 
 from __future__ import annotations
@@ -19,15 +20,17 @@ import pytest
 from scripts.bridge_process import BridgeProcess
 from scripts.kafka_cluster import LocalKafkaCluster, remove_cut_rules
 from scripts.kafka_io import read_topic
-from tests.integration.conftest import LOCAL_IMAGES, BridgeTopics, new_topics, read_outcomes
+from tests.integration.conftest import LOCAL_IMAGES, BridgeTopics, longest_stall_s, new_topics, read_outcomes
 from tests.integration.test_bridge import assert_exactly_once, send_digits, wait_for_outputs
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
 RECORDS = 1500
 FAULT_S = 20  # longer than a broker's session with the controller (9 s): leaders move
-# Slow enough that every fault lands mid-stream; the deadline of each Kafka call at 10 s.
-BRIDGE_FLAGS = ("--max-batch-size", "8", "--max-in-flight", "1", "--kafka-timeout-ms", "10000",
+KAFKA_TIMEOUT_S = 10  # the deadline of each Kafka call
+SESSION_TIMEOUT_S = 45  # librdkafka's default session.timeout.ms, which the bridge keeps
+# Slow enough that every fault lands mid-stream.
+BRIDGE_FLAGS = ("--max-batch-size", "8", "--max-in-flight", "1", "--kafka-timeout-ms", str(KAFKA_TIMEOUT_S * 1000),
                 "--metrics-port", "0", *LOCAL_IMAGES)
 
 
@@ -75,19 +78,16 @@ def fully_replicated(cluster, timeout: float = 120.0) -> None:
         time.sleep(1)
 
 
-def longest_stall_s(outputs) -> float:
-    """The longest gap between the produce times of consecutive committed outputs, in seconds."""
-    times = sorted(m.timestamp()[1] for m in outputs)
-    return max((b - a for a, b in zip(times, times[1:])), default=0) / 1000
-
-
 def finish(cluster, topics, truth, bridges) -> float:
-    """Check exactly once and that no bridge exited; the longest stall."""
+    """Check exactly once, that no bridge exited and that the stream never stood still longer than a lost session
+    and one Kafka call's deadline; the longest stall."""
     outputs, dead = read_outcomes(cluster, topics, expect=len(truth), timeout=240)
     assert_exactly_once(outputs, dead, truth)
     for bridge in bridges:
         assert bridge.process.poll() is None, f"the bridge exited:\n{bridge.log()[-3000:]}"
-    return longest_stall_s(outputs)
+    stall = longest_stall_s(outputs)
+    assert stall < SESSION_TIMEOUT_S + KAFKA_TIMEOUT_S, f"the stream stood still for {stall:.1f} s"
+    return stall
 
 
 def test_each_broker_killed_in_turn_and_restarted_on_its_data(cluster, cluster_topics, model_server, image_server,

@@ -58,6 +58,16 @@ def start_bridge(kafka, model_server, topics, tmp_path) -> Iterator[Callable[...
         bridge.kill()
 
 
+def longest_stall_s(outputs, per_partition: bool = False) -> float:
+    """The longest gap between the produce times of consecutive committed outputs, in seconds; per_partition: of
+    consecutive outputs in one partition (one input partition's, for unkeyed inputs), the longest over all."""
+    streams: dict[int, list[int]] = {}
+    for message in outputs:
+        streams.setdefault(message.partition() if per_partition else 0, []).append(message.timestamp()[1])
+    gaps = [b - a for times in streams.values() for a, b in zip(sorted(times), sorted(times)[1:])]
+    return max(gaps, default=0) / 1000
+
+
 def read_outcomes(kafka, topics: BridgeTopics, expect: int, timeout: float = 120.0) -> tuple[list, list]:
     """(outputs, dead letters) as a read_committed reader sees them, once `expect` records in all have arrived."""
     outputs: list = []

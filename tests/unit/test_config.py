@@ -60,6 +60,7 @@ SAMPLES = {
     "log_level": ("debug", "DEBUG"),
     "progress_interval_ms": ("0", 0),
     "log_format": ("JSON", "json"),
+    "group_protocol": (" Consumer ", "consumer"),
     "metrics_port": ("0", 0),
     "metrics_host": ("127.0.0.1", "127.0.0.1"),
     "liveness_timeout_ms": ("120000", 120000),
@@ -163,6 +164,14 @@ def test_kafka_config_reaches_consumer_and_producer_configs():
                                           "security.protocol": "SSL"}
 
 
+def test_the_consumer_group_protocol_leaves_the_session_timeout_to_the_broker():
+    classic = Settings(max_poll_interval_ms=40000).consumer_config()
+    assert "group.protocol" not in classic and classic["session.timeout.ms"] == 40000
+    kip848 = Settings(max_poll_interval_ms=40000, group_protocol="consumer").consumer_config()
+    assert kip848["group.protocol"] == "consumer" and "session.timeout.ms" not in kip848
+    assert kip848["max.poll.interval.ms"] == 40000  # still the client's
+
+
 @pytest.mark.parametrize("key", sorted(FORBIDDEN_KAFKA_KEYS))
 def test_kafka_config_may_not_override_exactly_once_settings(key):
     message = error_of(["--kafka-config", f"{key}=x"])
@@ -198,7 +207,7 @@ def test_kafka_config_values_stay_out_of_repr_and_describe():
     ("model_server", "http://a:8501,http://b:8501"), ("model_server", "https://h/?token=x"),
     ("bootstrap_servers", "a:1, b:2"), ("model_version", "latest"), ("model_version", "-1"),
     ("input_scale", "0"), ("input_scale", "inf"), ("input_offset", "nan"), ("log_level", "LOUD"),
-    ("log_format", "xml"), ("metrics_port", "65536"), ("metrics_port", "-1"),
+    ("log_format", "xml"), ("group_protocol", "cooperative"), ("metrics_port", "65536"), ("metrics_port", "-1"),
     ("grpc_tls", "maybe"), ("grpc_ca_cert", "/nonexistent/ca.pem"),
 ])
 def test_invalid_values_give_one_line_naming_flag_and_env_var(name, text):

@@ -203,3 +203,41 @@ def test_what_a_failed_transaction_call_leads_to(call, error, kind):
         call(producer)
     assert type(raised.value) is kind
     assert producer.in_transaction  # nothing settled: the loop decides
+
+
+class FakeMessageError:
+    def __init__(self, error):
+        self._error = error
+
+    def error(self):
+        return self._error
+
+
+class FakeLibrdkafkaConsumer:
+    def __init__(self, messages):
+        self.messages = messages
+
+    def consume(self, count, timeout):
+        taken, self.messages = self.messages[:count], self.messages[count:]
+        return taken
+
+
+def consumer_receiving(*errors):
+    from bridge.kafka.clients import ReadCommittedConsumer
+
+    consumer = ReadCommittedConsumer.__new__(ReadCommittedConsumer)
+    consumer._consumer = FakeLibrdkafkaConsumer([FakeMessageError(e) for e in errors])
+    return consumer
+
+
+def test_a_fatal_consumer_error_stops_the_loop_rather_than_leave_it_reading_nothing():
+    # How librdkafka hands a fatal group error (e.g. KIP-848's UNRELEASED_INSTANCE_ID) to poll: code _FATAL,
+    # without the fatal flag. Logged and ignored, the consumer would never be assigned anything again.
+    fatal = KafkaError(KafkaError._FATAL, "Fatal error: Broker: The instance ID is still used by another member")
+    with pytest.raises(FatalKafkaError, match="instance ID is still used"):
+        consumer_receiving(fatal).poll_batch(10, 0.1)
+
+
+def test_transient_consumer_errors_are_only_logged():
+    transient = KafkaError(KafkaError._TRANSPORT, "broker down")
+    assert consumer_receiving(transient, KafkaError(KafkaError._PARTITION_EOF, "eof")).poll_batch(10, 0.1) == []
