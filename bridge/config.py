@@ -85,7 +85,8 @@ TOPIC = Kind("must be a Kafka topic name (letters, digits, '.', '_', '-'; at mos
              lambda v: isinstance(v, str) and bool(_TOPIC.match(v)) and v not in (".", ".."))
 BROKERS = Kind("must be a comma-separated list of brokers (HOST:PORT,...)", str.strip, _brokers)
 MODEL_SERVERS = Kind("must be a gRPC address (HOST:PORT, a comma-separated list of them, dns:///NAME:PORT or "
-                     "grpc://HOST:PORT), one http(s)://HOST:PORT URL, or a path to a .tflite file", str.strip,
+                     "grpc://HOST:PORT), one http(s)://HOST:PORT URL, oip:// and a gRPC address, or a path to a "
+                     ".tflite file", str.strip,
                      valid_model_server)
 POSITIVE = Kind("must be a positive integer", int, lambda v: _is_int(v) and v > 0)
 NON_NEGATIVE = Kind("must be a non-negative integer", int, lambda v: _is_int(v) and v >= 0)
@@ -175,7 +176,8 @@ class Settings:
     # Model server
     model_server: str = setting("127.0.0.1:8500", MODEL_SERVERS, "the model: TF Serving's gRPC API at HOST:PORT, "
                                 "several (comma-separated, round-robin over those that are up) or dns:///NAME:PORT "
-                                "for every address of a name; TF Serving's REST API at http(s)://HOST:PORT; or a "
+                                "for every address of a name; TF Serving's REST API at http(s)://HOST:PORT; the "
+                                "Open Inference Protocol (Triton, KServe, MLServer) at oip://HOST:PORT; or a "
                                 ".tflite file run inside the bridge (needs the embedded extra)")
     model_name: str = setting("digits", TEXT, "model name on the server")
     model_version: int | None = setting(None, VERSION, "model version; unset: the latest", shown="(latest)")
@@ -261,7 +263,10 @@ class Settings:
         kind = backend_kind(self.model_server)
         if kind is BackendKind.EMBEDDED and self.version_label is not None:
             raise ConfigError(f"{_names('version_label')} needs a model server: a .tflite file has no version labels")
-        if self.grpc_tls and kind is not BackendKind.GRPC:
+        if kind is BackendKind.OIP and self.version_label is not None:
+            raise ConfigError(f"{_names('version_label')} is TF Serving's: the Open Inference Protocol has no version "
+                              f"labels; set {_names('model_version')}")
+        if self.grpc_tls and kind not in (BackendKind.GRPC, BackendKind.OIP):
             raise ConfigError(f"{_names('grpc_tls')} is for a gRPC model server; for TLS to TF Serving's REST API, "
                               "give an https:// URL as --model-server")
         if self.grpc_ca_cert is not None and not (self.grpc_tls or self.model_server.startswith("https://")):

@@ -3,7 +3,7 @@
 #   scripts/lock.sh             after editing a dependency in pyproject.toml: lock it, keep every other pin
 #   scripts/lock.sh --upgrade   move every dependency to the newest release pyproject.toml allows
 # Writes uv.lock, requirements.txt (the runtime's pins for the Dockerfile), serving/requirements.txt (TensorFlow's and
-# the model export's, for serving/export.Dockerfile), setuptools' build constraint in pyproject.toml; then installs the new lock (scripts/setup.sh) and regenerates bridge/tfs_api/ with the locked
+# the model export's, for serving/export.Dockerfile), setuptools' build constraint in pyproject.toml; then installs the new lock (scripts/setup.sh) and regenerates bridge/tfs_api/ and bridge/oip_api/ with the locked
 # grpcio-tools. Review and commit the changes together; scripts/test.sh then runs what was locked.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,4 +18,4 @@ scripts/uv.sh export --frozen --quiet --no-dev --no-emit-project --extra server 
     --output-file serving/requirements.txt
 scripts/setup.sh test
 .venv/bin/python -m scripts.gen_protos >/dev/null
-git status --short -- uv.lock requirements.txt serving/requirements.txt pyproject.toml bridge/tfs_api
+git status --short -- uv.lock requirements.txt serving/requirements.txt pyproject.toml bridge/tfs_api bridge/oip_api

@@ -12,6 +12,7 @@ server-wide pause (bridge.model.predictor); no backend decides that itself.
 | HOST:PORT, a list of them, dns:///NAME:PORT, grpc://HOST:PORT | TF Serving's gRPC API (grpc_backend) |
 | http://HOST:PORT or https://HOST[:PORT][/PREFIX] | TF Serving's REST API (rest_backend)   |
 | a path ending in .tflite                      | the model inside the bridge, with LiteRT (embedded_backend) |
+| oip://HOST:PORT (or a list, or oip://dns:///NAME:PORT) | the Open Inference Protocol's gRPC API (oip_backend) |
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from bridge.config import Settings
 
 GRPC_SCHEME = "grpc://"
+OIP_SCHEME = "oip://"
 TFLITE_SUFFIX = ".tflite"
 
 
@@ -142,12 +144,15 @@ class BackendKind(enum.Enum):
     GRPC = "grpc"
     REST = "rest"
     EMBEDDED = "embedded"
+    OIP = "oip"
 
 
 def backend_kind(model_server: str) -> BackendKind:
     """Which backend a --model-server value chooses (the value is assumed valid)."""
     if model_server.startswith(("http://", "https://")):
         return BackendKind.REST
+    if model_server.startswith(OIP_SCHEME):
+        return BackendKind.OIP
     if model_server.endswith(TFLITE_SUFFIX):
         return BackendKind.EMBEDDED
     return BackendKind.GRPC
@@ -159,7 +164,7 @@ def grpc_servers(model_server: str) -> str:
 
 
 def valid_model_server(value: object) -> bool:
-    """A gRPC address form, one http(s):// URL with a host, or a path ending in .tflite."""
+    """A gRPC address form (also after oip://), one http(s):// URL with a host, or a path ending in .tflite."""
     if not isinstance(value, str) or not value:
         return False
     kind = backend_kind(value)
@@ -172,6 +177,8 @@ def valid_model_server(value: object) -> bool:
         return bool(parts.hostname) and "," not in value and not parts.query and not parts.fragment
     if kind is BackendKind.EMBEDDED:
         return True  # whether it loads is checked when it is opened
+    if kind is BackendKind.OIP:
+        return valid_model_servers(value[len(OIP_SCHEME):])
     return valid_model_servers(grpc_servers(value))
 
 
@@ -188,6 +195,10 @@ def open_backend(settings: Settings) -> ModelBackend:
         # More interpreters than cores add memory (a model's worth each), not speed.
         return EmbeddedBackend(Path(settings.model_server), settings.model_target(),
                                instances=min(settings.max_in_flight, os.cpu_count() or 1))
+    if kind is BackendKind.OIP:
+        from bridge.model.oip_backend import OipBackend
+        return OipBackend(settings.model_server[len(OIP_SCHEME):], settings.model_target(), timeout=timeout,
+                          credentials=settings.grpc_credentials())
     from bridge.model.grpc_backend import GrpcBackend
     return GrpcBackend(grpc_servers(settings.model_server), settings.model_target(), timeout=timeout,
                        credentials=settings.grpc_credentials())

@@ -225,12 +225,28 @@ def test_invalid_values_give_one_line_naming_flag_and_env_var(name, text):
     ("a:8500,b:8500", BackendKind.GRPC), ("dns:///tfserving:8500", BackendKind.GRPC),
     ("http://tfserving:8501", BackendKind.REST), ("https://models.example/tfs/", BackendKind.REST),
     ("models/digits/1/model.tflite", BackendKind.EMBEDDED), ("/abs/path/m.tflite", BackendKind.EMBEDDED),
+    ("oip://triton:8001", BackendKind.OIP), ("oip://a:8001,b:8001", BackendKind.OIP),
+    ("oip://dns:///kserve:8081", BackendKind.OIP),
 ])
 def test_the_model_server_value_chooses_the_backend(value, kind):
     settings = parse_settings(["--model-server", value], {})
     assert backend_kind(settings.model_server) is kind
     if value.startswith("grpc://"):
         assert grpc_servers(settings.model_server) == "tfserving:8500"
+
+
+@pytest.mark.parametrize("value", ["oip://", "oip://triton", "oip://http://triton:8001", "oip://a:1,,b:2"])
+def test_an_oip_model_server_needs_a_grpc_address(value):
+    assert error_of(["--model-server", value]).startswith("--model-server (TFS_BRIDGE_MODEL_SERVER) must be")
+
+
+def test_the_open_inference_protocol_has_no_version_labels():
+    message = error_of(["--model-server", "oip://triton:8001", "--version-label", "stable"])
+    assert "the Open Inference Protocol has no version labels" in message
+
+
+def test_grpc_tls_applies_to_the_open_inference_protocol_too():
+    assert parse_settings(["--model-server", "oip://triton:8001", "--grpc-tls"], {}).grpc_credentials() is not None
 
 
 @pytest.mark.parametrize("value", ["http://tfserving:8501", "models/digits/1/model.tflite"])

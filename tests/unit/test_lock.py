@@ -86,10 +86,10 @@ def test_the_build_backend_is_the_locked_setuptools():
 
 def test_generated_protos_need_no_newer_runtime_than_pyproject_allows():
     """A pip user with the lowest grpcio and protobuf pyproject.toml allows can import the generated modules."""
-    api = ROOT / "bridge" / "tfs_api"
-    grpc_needs = {Version(v) for path in api.glob("*_pb2_grpc.py")
+    generated = [path for api in ("tfs_api", "oip_api") for path in (ROOT / "bridge" / api).glob("*_pb2*.py")]
+    grpc_needs = {Version(v) for path in generated if path.name.endswith("_pb2_grpc.py")
                   for v in re.findall(r"GRPC_GENERATED_VERSION = '([^']+)'", path.read_text())}
-    protobuf_needs = {Version(".".join(v)) for path in api.glob("*_pb2.py") for v in re.findall(
+    protobuf_needs = {Version(".".join(v)) for path in generated for v in re.findall(
         r"ValidateProtobufRuntimeVersion\(\s*\S+,\s*(\d+),\s*(\d+),\s*(\d+),", path.read_text())}
     assert grpc_needs and protobuf_needs
     assert max(grpc_needs) <= floor("grpcio"), "raise grpcio's floor in pyproject.toml to the generator's version"
