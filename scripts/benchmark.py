@@ -16,8 +16,9 @@ JSON line for tracking.
 
 --variants also runs other settings on digits (no batching, batch 8, encoded bytes, commit every 1 s).
 --backends runs, for each case, the bridge with each model backend instead (TF Serving's gRPC API, its REST API,
-and the model embedded with LiteRT), each with its records/s, latency at half its rate, CPU ms/record of bridge
-and model server, and peak memory, beside the one-record-at-a-time pattern.
+the model embedded with LiteRT, and the Open Inference Protocol to Seldon MLServer running the same .tflite with
+LiteRT), each with its records/s, latency at half its rate, CPU ms/record of bridge and model server, and peak
+memory, beside the one-record-at-a-time pattern.
 --compare REV runs only the digits defaults, with the bridge of commit REV (checked out in a temporary git
 worktree) between two runs of this tree's, so a change is measured against its predecessor on one stack.
 """
@@ -215,8 +216,9 @@ def run_bridge(stack, case: Case, urls: list[str], flags: list[str], root: Path 
     fill(stack, topics["input"], urls, case.records)
     with running_bridge(stack, case, topics, flags, root, backend) as bridge:
         threads = ThreadMeter(bridge.process.pid)
-        meters = [CpuMeter(bridge.process.pid, descendants=True),
-                  *(CpuMeter(pid) for pid in (stack.model_pid, stack.kafka.process.pid, os.getpid()))]
+        server = stack.server_pid(backend)
+        meters = [CpuMeter(bridge.process.pid, descendants=True), CpuMeter(server, descendants=True),
+                  *(CpuMeter(pid) for pid in (stack.kafka.process.pid, os.getpid()))]
         clock = time.monotonic()
         outputs = read_topic(stack.kafka.bootstrap_servers, topics["output"], expect=case.records, timeout=900)
         wall = time.monotonic() - clock
@@ -229,7 +231,7 @@ def run_bridge(stack, case: Case, urls: list[str], flags: list[str], root: Path 
     finished = max(message.timestamp()[1] for message in outputs) / 1000
     return BridgeRun(case.records / (finished - started), *cpu_ms, rss,
                      cores_busy=sum(cpu_ms) * case.records / 1000 / wall, bridge_threads_ms=thread_ms,
-                     server_rss_mib=peak_rss_mib(stack.model_pid))
+                     server_rss_mib=max(peak_rss_mib(pid) for pid in [server, *children(server)]))
 
 
 # --- the transform alone, and the demo's pattern -------------------------------------------------------------------
@@ -515,10 +517,11 @@ def run_outage(stack, case: Case, backend: str, rate: float = 50.0, down: float 
             if backend == "embedded":  # the model fails with the bridge: SIGKILL it, restart it
                 bridge.kill()
             else:
-                stack.model_server.stop()
+                server = stack.oip_server if backend == "oip" else stack.model_server
+                server.stop()
                 time.sleep(down)
                 paused_after = logged_monotonic(bridge.log(), "pausing input", failed)
-                stack.model_server.start()
+                server.start_again() if backend == "oip" else server.start()
                 recovered = time.monotonic()
                 recovery = first_result_after(recovered)
         if backend == "embedded":
@@ -587,20 +590,21 @@ def main() -> int:
     parser.add_argument("--case", choices=sorted(CASES), action="append", help="run only these cases")
     parser.add_argument("--variants", action="store_true", help="also run other settings on digits")
     parser.add_argument("--compare", metavar="REV", help="only the digits defaults, against the bridge of REV")
-    parser.add_argument("--backends", action="store_true", help="each model backend instead (gRPC, REST, embedded)")
+    parser.add_argument("--backends", action="store_true",
+                        help="each model backend instead (gRPC, REST, embedded, Open Inference Protocol)")
     args = parser.parse_args()
     names = args.case or list(CASES)
     models = sorted({CASES[name].model for name in names})
     print(f"starting the local stack with {', '.join(models)}; {PARTITIONS} partitions", flush=True)
-    with local_stack(partitions=PARTITIONS, digits=200, models=models, photos=64) as stack:
+    with local_stack(partitions=PARTITIONS, digits=200, models=models, photos=64, oip=args.backends) as stack:
         if args.compare:
             compare(stack, args.compare)
             return 0
         if args.backends:
             backends = [run_backends(stack, name, CASES[name]) for name in names]
             # Last: they stop and start the model server.
-            print("\noutages (digits, 50 records/s; gRPC and REST: the model server down 10 s; embedded: the bridge "
-                  "killed and restarted after 10 s)", flush=True)
+            print("\noutages (digits, 50 records/s; gRPC, REST and OIP: the model server down 10 s; embedded: the "
+                  "bridge killed and restarted after 10 s)", flush=True)
             outages = {}
             for backend in BACKENDS:
                 outages[backend] = outage = run_outage(stack, CASES["digits"], backend)

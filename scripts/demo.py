@@ -4,10 +4,10 @@ Starts a real Kafka broker, the model server (digits model on real TensorFlow) a
 digit images, runs `tfs-bridge run`, sends image URLs (and two bad records) to ImageInputTopic, and prints the
 predictions and dead letters a read_committed reader sees. Everything is stopped at the end.
 
-    scripts/demo.sh [--backend grpc|rest|embedded]     (= scripts/setup.sh, then python -m scripts.demo)
+    scripts/demo.sh [--backend grpc|rest|embedded|oip]     (= scripts/setup.sh, then python -m scripts.demo)
 
---backend: the bridge calls the model server's gRPC API (the default) or its TF Serving REST API, or runs the
-exported model.tflite itself.
+--backend: the bridge calls the model server's gRPC API (the default) or its TF Serving REST API, runs the
+exported model.tflite itself, or calls Seldon MLServer running that file over the Open Inference Protocol.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from scripts.kafka_io import read_topic  # the same read_committed reader the tests use
 
     print("starting Kafka, the model server and an image server ...", flush=True)
-    with local_stack(partitions=3, digits=SAMPLES) as stack:
+    with local_stack(partitions=3, digits=SAMPLES, oip=args.backend == "oip") as stack:
         bootstrap = stack.kafka.bootstrap_servers
         model = stack.model_server_flag(args.backend)
         print(f"Kafka on {bootstrap}, the model ({args.backend}) at {model}, images on {stack.digits.server.base_url}")

@@ -91,7 +91,7 @@ def serve_photos(server: ImageServer, count: int, seed: int = 0) -> list[str]:
             for index, body in enumerate(photo_jpegs(count, seed=seed))]
 
 
-BACKENDS = ("grpc", "rest", "embedded")
+BACKENDS = ("grpc", "rest", "embedded", "oip")
 
 
 @dataclass
@@ -105,15 +105,24 @@ class LocalStack:
     rest_url: str = ""  # the model server's TF Serving REST API
     models_dir: Path | None = None  # the exported models (<dir>/<model>/1/{saved_model.pb,model.tflite})
     model_server: Any = None  # its serving.process.ModelServerProcess (to stop and start it)
+    oip_server: Any = None  # an Open Inference Protocol server (serving.oip_servers.OipServerProcess), if started
 
     def model_server_flag(self, backend: str, model: str = "digits") -> str:
-        """--model-server for a backend of BACKENDS: the gRPC address, the REST URL, or the model's .tflite."""
+        """--model-server for a backend of BACKENDS: the gRPC address, the REST URL, the model's .tflite, or the
+        Open Inference Protocol server's oip:// address."""
         if backend == "rest":
             return self.rest_url
         if backend == "embedded":
             assert self.models_dir is not None
             return str(self.models_dir / model / "1" / "model.tflite")
+        if backend == "oip":
+            assert self.oip_server is not None, "local_stack(oip=True) starts it"
+            return f"oip://{self.oip_server.address}"
         return self.model_address
+
+    def server_pid(self, backend: str) -> int | None:
+        """The process serving the model for `backend` (the OIP server's for oip, TF Serving's stand-in else)."""
+        return self.oip_server.pid if backend == "oip" else self.model_pid
 
     @contextlib.contextmanager
     def bridge(self, *flags: str, log_name: str = "bridge.log", root: Path = ROOT,
@@ -139,9 +148,11 @@ class LocalStack:
 
 @contextlib.contextmanager
 def local_stack(partitions: int = 3, digits: int = 100, kafka_port: int | None = None,
-                models: Sequence[str] = ("digits",), photos: int = 0) -> Iterator[LocalStack]:
+                models: Sequence[str] = ("digits",), photos: int = 0, oip: bool = False) -> Iterator[LocalStack]:
     """Start broker, model server (serving `models`) and image servers; create the default topics; stop everything
-    afterwards. photos > 0 also serves that many synthetic photos on a second image server (LocalStack.photos)."""
+    afterwards. photos > 0 also serves that many synthetic photos on a second image server (LocalStack.photos).
+    oip: also Seldon MLServer serving `models` over the Open Inference Protocol (LocalStack.oip_server)."""
+    from serving.oip_servers import OipServerProcess
     from serving.process import ModelServerProcess
 
     work_dir = Path(tempfile.mkdtemp(prefix="tfs-bridge-"))
@@ -151,9 +162,16 @@ def local_stack(partitions: int = 3, digits: int = 100, kafka_port: int | None =
     model_server = ModelServerProcess(models_dir, free_port(), rest_port=free_port())
     samples = None
     photo_server = None
+    oip_server = None
+    if oip:
+        tflite = {model: models_dir / model / "1" / "model.tflite" for model in models}
+        oip_server = OipServerProcess("mlserver", tflite["digits"], free_port(), free_port(),
+                                      extra_models={m: path for m, path in tflite.items() if m != "digits"})
     try:
         kafka.start()
         model_server.start()
+        if oip_server is not None:
+            oip_server.start()
         kafka.create_topics({topic: partitions for topic in TOPICS.values()})
         samples = serve_digits(digits)
         photo_urls: list[str] = []
@@ -161,8 +179,10 @@ def local_stack(partitions: int = 3, digits: int = 100, kafka_port: int | None =
             photo_server = ImageServer().start()
             photo_urls = serve_photos(photo_server, photos)
         yield LocalStack(kafka, model_server.address, samples, work_dir, photo_urls, model_server.pid,
-                         model_server.rest_url or "", models_dir, model_server)
+                         model_server.rest_url or "", models_dir, model_server, oip_server)
     finally:
+        if oip_server is not None:
+            oip_server.stop()
         if photo_server is not None:
             photo_server.stop()
         if samples is not None:

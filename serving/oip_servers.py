@@ -1,21 +1,29 @@
-"""Real Open Inference Protocol (KServe v2) model servers serving the digits model, as child processes:
+"""Real Open Inference Protocol (KServe v2) model servers serving the digits model (and optionally other image
+classifiers), as child processes:
 
-    server = OipServerProcess("mlserver", models_dir / "digits/1/model.tflite", grpc_port, http_port)
-    server.start()          # builds its venv the first time, then waits until ServerReady and both ModelReady
-    ... connect to server.address (127.0.0.1:grpc_port), model "digits" or "digits-bytes" ...
+    server = OipServerProcess("mlserver", models_dir / "digits/1/model.tflite", grpc_port, http_port,
+                              extra_models={"mobilenet": other_dir / "mobilenet/1/model.tflite"})  # optional
+    server.start()          # builds its venv the first time, then waits until ServerReady and every ModelReady
+    ... connect to server.address (127.0.0.1:grpc_port), model "digits", "digits-bytes" or "mobilenet" ...
     server.kill()           # SIGKILL: an outage
     server.start_again()    # the same ports
     server.stop()           # SIGTERM, then SIGKILL
 
 Each server serves two models from the one .tflite file: "digits" (input `images` UINT8 [N, 32, 32, 3]) and
 "digits-bytes" (input `image_bytes` BYTES [N], encoded image files that the server decodes with Pillow and resizes
-to 32x32); both answer `scores` FP32 [N, 10] and `classes` BYTES [N, 10].
+to 32x32); both answer `scores` FP32 [N, 10] and `classes` BYTES [N, 10]. Each of `extra_models` (name -> .tflite)
+is served as a pixel model beside them: its input (name, datatype, shape [-1, H, W, 3]) and all its outputs are
+those of the file's serving_default signature, which the server reads when it loads the model and which
+ModelMetadata declares (e.g. for MobileNetV2: `images` UINT8 [-1, 224, 224, 3] -> `scores` FP32 [-1, 1000],
+`classes` BYTES [-1, 1000], `top_class` BYTES [-1]).
 
-kind "mlserver": Seldon MLServer (serving/oip/mlserver: digits_runtime.DigitsRuntime and DigitsBytesRuntime,
-settings written here); kind "kserve": KServe's Python model server (serving/oip/kserve/digits_model.py, both
-models in one ModelServer). Each runs from its own venv, synced from serving/oip/<kind>/uv.lock by scripts/uv.sh
-into $XDG_CACHE_HOME/tfs-bridge/oip-<kind>-<lock hash> (built once; a changed lock builds a new one). Both listen
-on 127.0.0.1 only, in one process each.
+kind "mlserver": Seldon MLServer (serving/oip/mlserver: digits_runtime.DigitsRuntime, DigitsBytesRuntime and
+ImageRuntime for extra models; settings written here, one model-settings.json per model, declaring no inputs or
+outputs: the runtime reads them from the file); kind "kserve": KServe's Python model server
+(serving/oip/kserve/digits_model.py, all models in one ModelServer, extra ones as `--extra_model NAME=PATH`).
+Each runs from its own venv, synced from serving/oip/<kind>/uv.lock by scripts/uv.sh into
+$XDG_CACHE_HOME/tfs-bridge/oip-<kind>-<lock hash> (built once; a changed lock builds a new one). Both listen on
+127.0.0.1 only, in one process each.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
@@ -47,11 +56,9 @@ MODEL_NAMES = (MODEL_NAME, BYTES_MODEL_NAME)
 MODEL_VERSION = "1"
 HOST = "127.0.0.1"
 SERVICE = "/inference.GRPCInferenceService"
-# What ModelMetadata declares (MLServer reads it from model-settings.json; KServe's is in digits_model.py).
-INPUTS = [{"name": "images", "datatype": "UINT8", "shape": [-1, 32, 32, 3]}]
-BYTES_INPUTS = [{"name": "image_bytes", "datatype": "BYTES", "shape": [-1]}]  # digits-bytes's; same OUTPUTS
-OUTPUTS = [{"name": "scores", "datatype": "FP32", "shape": [-1, 10]},
-           {"name": "classes", "datatype": "BYTES", "shape": [-1, 10]}]
+# Each model's runtime class in serving/oip/mlserver/digits_runtime.py (extra models: EXTRA_RUNTIME).
+RUNTIMES = {MODEL_NAME: "DigitsRuntime", BYTES_MODEL_NAME: "DigitsBytesRuntime"}
+EXTRA_RUNTIME = "ImageRuntime"
 
 
 def cache_dir() -> Path:
@@ -102,22 +109,40 @@ def _raw_grpc_bool(channel: grpc.Channel, method: str, request: bytes, timeout: 
 
 def _model_ready_request(name: str) -> bytes:
     encoded = name.encode()
-    return b"\x0a" + bytes([len(encoded)]) + encoded
+    length, size = bytearray(), len(encoded)
+    while True:  # a varint
+        length.append((size & 0x7F) | (0x80 if size > 0x7F else 0))
+        size >>= 7
+        if not size:
+            return b"\x0a" + bytes(length) + encoded
+
+
+def _extra_models(extra_models: Mapping[str, str | os.PathLike] | None) -> dict[str, Path]:
+    models = {str(name): Path(path).resolve() for name, path in (extra_models or {}).items()}
+    for name in models:
+        if name in MODEL_NAMES:
+            raise ValueError(f"extra model name {name!r} is taken: {MODEL_NAMES} are always served")
+        # One folder per model for MLServer, NAME=PATH on kserve's command line.
+        if not name or name.startswith((".", "-")) or any(c in name for c in "/\\=") or name != name.strip():
+            raise ValueError(f"bad extra model name {name!r}")
+    return models
 
 
 class OipServerProcess:
     """One OIP server (`kind`: "mlserver" or "kserve") serving models "digits" and "digits-bytes" from
-    `model_file` (a .tflite), with gRPC on 127.0.0.1:`grpc_port` and HTTP on 127.0.0.1:`http_port`, in its own
-    process group.
+    `model_file` (a .tflite), and each of `extra_models` (name -> .tflite) as a pixel model, with gRPC on
+    127.0.0.1:`grpc_port` and HTTP on 127.0.0.1:`http_port`, in its own process group.
 
     Its settings and log (`log_file`) live in `work_dir` (default: a new temp dir, removed by close())."""
 
     def __init__(self, kind: str, model_file: str | os.PathLike, grpc_port: int, http_port: int,
-                 startup_timeout: float = 180, work_dir: str | os.PathLike | None = None) -> None:
+                 extra_models: Mapping[str, str | os.PathLike] | None = None, startup_timeout: float = 180,
+                 work_dir: str | os.PathLike | None = None) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown OIP server kind {kind!r}; one of {KINDS}")
         self.kind = kind
         self.model_file = Path(model_file).resolve()
+        self.extra_models = _extra_models(extra_models)
         self.grpc_port = grpc_port
         self.http_port = http_port
         self.startup_timeout = startup_timeout
@@ -126,6 +151,11 @@ class OipServerProcess:
         self.log_file = self.work_dir / f"{kind}.log"
         self._proc: subprocess.Popen[bytes] | None = None
         self._started_once = False
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """Every model it serves: "digits", "digits-bytes", then the extra models."""
+        return (*MODEL_NAMES, *self.extra_models)
 
     @property
     def address(self) -> str:
@@ -152,13 +182,13 @@ class OipServerProcess:
             return ""
 
     def start(self) -> "OipServerProcess":
-        """Build the venv if needed, start the server and wait until gRPC ServerReady, ModelReady("digits") and
-        ModelReady("digits-bytes") answer true (raises RuntimeError if it exits first, TimeoutError after
-        startup_timeout)."""
+        """Build the venv if needed, start the server and wait until gRPC ServerReady and ModelReady of every model
+        (model_names) answer true (raises RuntimeError if it exits first, TimeoutError after startup_timeout)."""
         if self.running:
             raise RuntimeError(f"{self.kind} already running")
-        if not self.model_file.is_file():
-            raise FileNotFoundError(self.model_file)
+        for model_file in (self.model_file, *self.extra_models.values()):
+            if not model_file.is_file():
+                raise FileNotFoundError(model_file)
         venv = ensure_venv(self.kind)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         cmd = self._command(venv)
@@ -231,8 +261,9 @@ class OipServerProcess:
 
     def _command(self, venv: Path) -> list[str]:
         if self.kind == "kserve":
+            extra = [arg for name, path in self.extra_models.items() for arg in ("--extra_model", f"{name}={path}")]
             return [str(venv / "bin" / "python"), str(OIP_DIR / "kserve" / "digits_model.py"),
-                    "--model_file", str(self.model_file), "--grpc_port", str(self.grpc_port),
+                    "--model_file", str(self.model_file), *extra, "--grpc_port", str(self.grpc_port),
                     "--http_port", str(self.http_port), "--workers", "1"]
         settings_dir = self.work_dir / "mlserver"
         settings = {
@@ -243,14 +274,20 @@ class OipServerProcess:
         }
         settings_dir.mkdir(parents=True, exist_ok=True)
         (settings_dir / "settings.json").write_text(json.dumps(settings, indent=2))
-        # One folder per model; MLServer loads every model-settings.json under settings_dir.
-        for name, implementation, inputs in ((MODEL_NAME, "DigitsRuntime", INPUTS),
-                                             (BYTES_MODEL_NAME, "DigitsBytesRuntime", BYTES_INPUTS)):
+        # One folder per model; MLServer loads every model-settings.json under settings_dir (a folder left from an
+        # earlier start with other extra models would be loaded too).
+        for stale in settings_dir.iterdir():
+            if stale.is_dir() and stale.name not in self.model_names:
+                shutil.rmtree(stale)
+        models = [(MODEL_NAME, RUNTIMES[MODEL_NAME], self.model_file),
+                  (BYTES_MODEL_NAME, RUNTIMES[BYTES_MODEL_NAME], self.model_file),
+                  *((name, EXTRA_RUNTIME, path) for name, path in self.extra_models.items())]
+        for name, implementation, model_file in models:
             model_settings = {
                 "name": name, "implementation": f"digits_runtime.{implementation}", "platform": "litert",
                 "versions": [MODEL_VERSION],  # ModelMetadata's `versions`
-                "inputs": inputs, "outputs": OUTPUTS,
-                "parameters": {"uri": str(self.model_file), "version": MODEL_VERSION},
+                # No inputs or outputs: the runtime reads them from the file and ModelMetadata answers those.
+                "parameters": {"uri": str(model_file), "version": MODEL_VERSION},
             }
             (settings_dir / name).mkdir(exist_ok=True)
             (settings_dir / name / "model-settings.json").write_text(json.dumps(model_settings, indent=2))
@@ -268,7 +305,7 @@ class OipServerProcess:
                 try:
                     if (_raw_grpc_bool(channel, "ServerReady", b"", 2)
                             and all(_raw_grpc_bool(channel, "ModelReady", _model_ready_request(name), 2)
-                                    for name in MODEL_NAMES)):
+                                    for name in self.model_names)):
                         return
                 except grpc.RpcError:
                     pass  # not listening yet, or a model not registered yet
