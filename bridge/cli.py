@@ -1,4 +1,5 @@
-"""The `tfs-bridge` command: `run` the bridge, or `check` that Kafka and the model server are ready for it.
+"""The `tfs-bridge` command: `run` the bridge, `check` that Kafka and the model server are ready for it, or
+`redrive` dead letters back to the input topic (bridge.redrive).
 
 Exit codes: 0 success, 1 a failed check or a BridgeError, 2 a bad setting (ConfigError), 130 interrupted.
 """
@@ -20,6 +21,7 @@ from bridge.config import ArgumentParser, Settings, add_settings_arguments, sett
 from bridge.errors import BridgeError, ConfigError, FatalKafkaError, ModelServerUnavailable
 from bridge.model.backend import ModelBackend, open_backend
 from bridge.ops.logs import configure_logging
+from bridge.redrive import options as redrive_flags
 
 PROG = "tfs-bridge"
 CHECK_TIMEOUT_S = 5.0  # per Kafka or gRPC call, so `check` answers quickly when things are down
@@ -45,6 +47,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         except SystemExit as exc:  # --help and --version
             return exc.code if isinstance(exc.code, int) else 0
         settings = settings_from_args(args, env)
+        if args.command == "redrive":
+            return redrive(settings, redrive_flags.redrive_options(args))
         return COMMANDS[args.command](settings)
     except ConfigError as exc:
         _error(exc)
@@ -71,6 +75,10 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                           ("check", "check that Kafka, the topics and the model are ready; exit 1 if not")):
         add_settings_arguments(commands.add_parser(name, help=summary, description=summary, allow_abbrev=False),
                                env)
+    redrive_parser = commands.add_parser("redrive", help=redrive_flags.SUMMARY, description=redrive_flags.DESCRIPTION,
+                                         formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    redrive_flags.add_redrive_arguments(redrive_parser)
+    add_settings_arguments(redrive_parser, env, only=redrive_flags.REDRIVE_SETTINGS)
     return parser
 
 
@@ -163,6 +171,15 @@ def _guarded(what: str, call: Callable[[], Check]) -> Iterator[Check]:
     except BridgeError as exc:
         yield False, f"{what}: {exc}"
     return True
+
+
+# --- redrive -----------------------------------------------------------------------------------------------
+
+def redrive(settings: Settings, options: redrive_flags.RedriveOptions) -> int:
+    configure_logging(settings.log_level, settings.log_format)
+    from bridge.redrive.runner import run_redrive  # imported late, as `run`'s loop is
+
+    return run_redrive(settings, options)
 
 
 COMMANDS: dict[str, Callable[[Settings], int]] = {"run": run, "check": check}

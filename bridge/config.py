@@ -16,7 +16,7 @@ import math
 import os
 import re
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from fractions import Fraction
 from pathlib import Path
@@ -240,6 +240,8 @@ class Settings:
     metrics_host: str = setting("0.0.0.0", TEXT, "address the metrics port listens on")
     liveness_timeout_ms: int = setting(90000, POSITIVE, "how long the loop may go without a turn before /livez "
                                        "fails; must exceed --kafka-timeout-ms")
+    tracing: bool = setting(False, BOOLEAN, "W3C trace context and OpenTelemetry spans, exported over OTLP/gRPC as "
+                            "the OTEL_* environment variables say (needs the tracing extra)")
 
     def __post_init__(self) -> None:
         if isinstance(self.log_level, str):
@@ -425,11 +427,15 @@ def _shown_default(f: Any) -> str:
     return str(f.default).lower() if isinstance(f.default, bool) else str(f.default)
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
-    """One flag per Settings field; its argparse default is the environment variable's text, if set."""
+def add_settings_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str],
+                           only: Collection[str] | None = None) -> None:
+    """One flag per Settings field (per field named in `only`, if given: the others keep their defaults, whatever
+    the environment says); its argparse default is the environment variable's text, if set."""
     group = parser.add_argument_group(
         "settings", f"each flag has an environment variable ({ENV_PREFIX}NAME); flags win over it")
     for f in fields(Settings):
+        if only is not None and f.name not in only:
+            continue
         raw = env.get(env_name(f.name), "")
         default: Any = raw if raw.strip() else None
         help_text = f"{f.metadata['meaning']} [{env_name(f.name)}; default {_shown_default(f)}]".replace("%", "%%")

@@ -5,13 +5,24 @@ Formats (README "Messages"):
     output       {"id", "url", "predictions": [{"label", "score"}], "model": {"name", "version", "signature"},
                   "source": {"topic", "partition", "offset"}, "latency_ms"}
     dead letter  {"error": {"stage", "type", "message"}, "source": {...}, "value": original (text, or base64)}
-                 with headers tfs-bridge.error.stage / .type / .message
+                 with headers tfs-bridge.error.stage / .type / .message, and the original key as its key.
+                 What `tfs-bridge redrive` needs to send the original back (bridge.redrive), added when present:
+                 "truncated": {"original_bytes", "kept_bytes"}   the value was cut (cannot be redriven)
+                 "headers": [[name, value], ...]                 the original headers (value: text, base64 or
+                                                                 null), redacted (redact_headers)
+                 "headers_redacted": [name, ...]                 headers redaction dropped or changed
+                 "headers_lost": reason                          the headers could not be kept (cannot be
+                                                                 redriven): a name not UTF-8, or too large
+                 Dead letters written before these fields existed have none: their value is redrivable, their
+                 original headers unknown.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,6 +42,15 @@ MAX_ID_CHARS = 1024
 # librdkafka's default message.max.bytes; the producer refuses anything larger before sending it.
 DEFAULT_MAX_MESSAGE_BYTES = 1_000_000
 _RECORD_OVERHEAD = 512  # record header, timestamps, lengths: generous, so the estimate never falls short
+# How often `tfs-bridge redrive` has sent a record back to the input topic (ASCII decimal). The bridge keeps it
+# with the other original headers in a dead letter, so the next redrive sees it.
+REDRIVE_COUNT_HEADER = "tfs-bridge.redrive.count"
+# A header named like one of these may carry a credential: a dead letter leaves it out ("auth" covers
+# authorization, x-auth-token, oauth...).
+SECRET_HEADER_NAME = re.compile(r"auth|cookie|token|secret|passw|pwd|api[-_.]?key|credential|signature|session",
+                                re.IGNORECASE)
+
+Header = tuple[str, bytes | None]
 
 
 @dataclass(frozen=True)
@@ -43,12 +63,13 @@ class Record:
     key: bytes | None
     value: bytes | None
     timestamp: float | None = None  # the record's Kafka timestamp, in seconds since the epoch
+    headers: tuple[Header, ...] | None = ()  # None: the record has headers the client cannot read
 
     @classmethod
     def from_message(cls, message: Any) -> Record:
         kind, millis = message.timestamp()
         return cls(message.topic(), message.partition(), message.offset(), message.key(), message.value(),
-                   millis / 1000 if kind != TIMESTAMP_NOT_AVAILABLE else None)
+                   millis / 1000 if kind != TIMESTAMP_NOT_AVAILABLE else None, _read_headers(message))
 
     def source(self) -> dict[str, Any]:
         return {"topic": self.topic, "partition": self.partition, "offset": self.offset}
@@ -60,6 +81,40 @@ class ImageRequest:
 
     id: str
     url: str
+
+
+def _read_headers(message: Any) -> tuple[Header, ...] | None:
+    """The message's headers; None if confluent-kafka cannot read them (it raises SystemError for a header name
+    that is not UTF-8). A message-like object without headers() has none."""
+    read = getattr(message, "headers", None)
+    if read is None:
+        return ()
+    try:
+        return tuple((name, value) for name, value in read() or ())
+    except Exception:  # noqa: BLE001 - outside the per-record isolation: unreadable headers must not stop the bridge
+        return None
+
+
+def redact_headers(headers: Iterable[Header]) -> tuple[list[Header], list[str]]:
+    """The headers as a dead letter may show them, and the names of those dropped or changed: a header named like
+    a secret (SECRET_HEADER_NAME) is dropped; a UTF-8 value loses what redact_text removes (URLs' user info and
+    query strings); a binary or null value is kept as it is."""
+    kept: list[Header] = []
+    redacted: list[str] = []
+    for name, value in headers:
+        if SECRET_HEADER_NAME.search(name):
+            redacted.append(name)
+            continue
+        if value is not None:
+            try:
+                text = value.decode("utf-8")
+            except UnicodeDecodeError:
+                text = None
+            if text is not None and redact_text(text) != text:
+                value = redact_text(text).encode("utf-8")
+                redacted.append(name)
+        kept.append((name, value))
+    return kept, redacted
 
 
 def parse_request(record: Record) -> ImageRequest:
@@ -160,6 +215,7 @@ class DeadLetter:
         }
         if original is not None and len(original) > keep_bytes:
             letter["truncated"] = {"original_bytes": len(original), "kept_bytes": keep_bytes}
+        letter.update(_kept_headers(self.record.headers, keep_bytes))
         return json.dumps(letter).encode()
 
     def headers(self) -> list[tuple[str, bytes]]:
@@ -169,6 +225,21 @@ class DeadLetter:
             (ERROR_HEADER_PREFIX + "type", self.error_type.encode("utf-8", "replace")),
             (ERROR_HEADER_PREFIX + "message", self.message[:MAX_HEADER_MESSAGE].encode("utf-8", "replace")),
         ]
+
+
+def _kept_headers(headers: tuple[Header, ...] | None, keep_bytes: int) -> dict[str, Any]:
+    """The dead letter's fields for the original headers: redacted, or why they are lost (more than keep_bytes of
+    JSON, or unreadable); none for a record without headers."""
+    if headers is None:
+        return {"headers_lost": "the Kafka client cannot read them (a header name not UTF-8)"}
+    if not headers:
+        return {}
+    kept, redacted = redact_headers(headers)
+    encoded = [[name, original_value(value)] for name, value in kept]
+    size = len(json.dumps(encoded))
+    if size > keep_bytes:
+        return {"headers_lost": f"{size} bytes of headers, more than the {keep_bytes} kept"}
+    return {"headers": encoded, **({"headers_redacted": redacted} if redacted else {})}
 
 
 Outcome = Result | DeadLetter
@@ -183,6 +254,8 @@ class OutputMessage:
     value: bytes
     headers: list[tuple[str, bytes]] | None = None
     failure: tuple[str, str] | None = None  # a dead letter's (stage, type)
+    # The record's span (bridge.ops.tracing.RecordTrace) when tracing is on; its context is in `headers`.
+    trace: Any = None
 
     def size(self) -> int:
         """An upper bound of its size as one Kafka record, as message.max.bytes counts it."""
@@ -190,27 +263,35 @@ class OutputMessage:
         return len(self.value) + len(self.record.key or b"") + headers + _RECORD_OVERHEAD
 
 
-def encode(outcome: Outcome, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> OutputMessage:
-    """The outcome as a Kafka record of at most max_bytes; a result that does not fit becomes a dead letter."""
+def encode(outcome: Outcome, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, trace: Any = None) -> OutputMessage:
+    """The outcome as a Kafka record of at most max_bytes; a result that does not fit becomes a dead letter.
+    trace: the record's span (bridge.ops.tracing.RecordTrace), its context written into the headers."""
     if isinstance(outcome, Result):
-        message = OutputMessage(outcome.record, True, outcome.value())
+        message = OutputMessage(outcome.record, True, outcome.value(), _trace_headers(trace) or None, trace=trace)
         if message.size() <= max_bytes:
             return message
         outcome = DeadLetter.from_error(outcome.record, OutputError(
             f"result of {len(message.value)} bytes is larger than the largest Kafka message ({max_bytes} bytes)"))
-    return encode_dead_letter(outcome, max_bytes)
+    return encode_dead_letter(outcome, max_bytes, trace)
 
 
-def encode_dead_letter(letter: DeadLetter, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> OutputMessage:
+def encode_dead_letter(letter: DeadLetter, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                       trace: Any = None) -> OutputMessage:
     """The dead letter as a Kafka record, its original value cut further when even the usual cut is too large."""
-    message = OutputMessage(letter.record, False, letter.value(), letter.headers(), (letter.stage, letter.error_type))
-    return message if message.size() <= max_bytes else encode_short_dead_letter(letter)
+    message = OutputMessage(letter.record, False, letter.value(), letter.headers() + _trace_headers(trace),
+                            (letter.stage, letter.error_type), trace)
+    return message if message.size() <= max_bytes else encode_short_dead_letter(letter, trace)
 
 
-def encode_short_dead_letter(letter: DeadLetter) -> OutputMessage:
+def encode_short_dead_letter(letter: DeadLetter, trace: Any = None) -> OutputMessage:
     """The dead letter in its smallest form: the original value cut to 1 KiB."""
-    return OutputMessage(letter.record, False, letter.value(keep_bytes=SHORT_DEAD_LETTER_VALUE), letter.headers(),
-                         (letter.stage, letter.error_type))
+    return OutputMessage(letter.record, False, letter.value(keep_bytes=SHORT_DEAD_LETTER_VALUE),
+                         letter.headers() + _trace_headers(trace), (letter.stage, letter.error_type), trace)
+
+
+def _trace_headers(trace: Any) -> list[tuple[str, bytes]]:
+    """The record span's W3C trace context (traceparent, tracestate) as Kafka headers; none without tracing."""
+    return list(trace.headers) if trace is not None else []
 
 
 def original_value(value: bytes | None) -> str | dict[str, str] | None:

@@ -3,7 +3,7 @@
 #   scripts/setup.sh demo   the venv .venv exactly as uv.lock has it with the server and embedded extras (the bridge,
 #                           the model server and the model export), and the Kafka jars (scripts/kafka/pom.xml)
 #   scripts/setup.sh test   (the default) the same venv with the test extra too, kcat (Debian), and the Go tools
-#                           only tests use (go.sum): compose-config, promtool and kustomize
+#                           only tests use (go.sum): compose-config, promtool, kustomize and otelcol
 # uv comes pinned by hash (scripts/uv.sh); nothing here resolves a version on the day. A second run installs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,9 +51,11 @@ done
 # compose-config validates docker-compose.yml as `docker compose config` would (tests/unit/test_compose.py; about
 # a minute the first time); promtool checks monitoring/ (tests/unit/test_monitoring.py; about 5 minutes the first
 # time on 2 cores, downloads included); kustomize renders deploy/ (tests/unit/test_deploy.py; about a minute the
-# first time, downloads included). Built side by side: the Go builds share the two cores, but not their downloads.
+# first time, downloads included); otelcol is the OpenTelemetry Collector the tracing tests send spans to
+# (tests/integration/test_tracing.py; about 1.5 minutes the first time, downloads apart). Built side by side: the
+# Go builds share the two cores, but not their downloads.
 pids=()
-for tool in compose_config promtool kustomize; do
+for tool in compose_config promtool kustomize otelcol; do
     scripts/$tool.sh --path >/dev/null &
     pids+=($!)
 done

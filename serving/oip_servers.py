@@ -55,6 +55,9 @@ BYTES_MODEL_NAME = "digits-bytes"
 MODEL_NAMES = (MODEL_NAME, BYTES_MODEL_NAME)
 MODEL_VERSION = "1"
 HOST = "127.0.0.1"
+# The largest gRPC message either server takes or sends. Their defaults (MLServer 4 MiB, KServe 8 MiB) refuse the
+# bridge's batch of 32 MobileNetV2 images (4.8 MB) with RESOURCE_EXHAUSTED.
+GRPC_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 SERVICE = "/inference.GRPCInferenceService"
 # Each model's runtime class in serving/oip/mlserver/digits_runtime.py (extra models: EXTRA_RUNTIME).
 RUNTIMES = {MODEL_NAME: "DigitsRuntime", BYTES_MODEL_NAME: "DigitsBytesRuntime"}
@@ -264,12 +267,15 @@ class OipServerProcess:
             extra = [arg for name, path in self.extra_models.items() for arg in ("--extra_model", f"{name}={path}")]
             return [str(venv / "bin" / "python"), str(OIP_DIR / "kserve" / "digits_model.py"),
                     "--model_file", str(self.model_file), *extra, "--grpc_port", str(self.grpc_port),
-                    "--http_port", str(self.http_port), "--workers", "1"]
+                    "--http_port", str(self.http_port), "--workers", "1",
+                    "--grpc_max_receive_message_length", str(GRPC_MAX_MESSAGE_BYTES),
+                    "--grpc_max_send_message_length", str(GRPC_MAX_MESSAGE_BYTES)]
         settings_dir = self.work_dir / "mlserver"
         settings = {
             "debug": False, "host": HOST, "grpc_port": self.grpc_port, "http_port": self.http_port,
             "parallel_workers": 0,  # inference in the server's own process: one process to kill
             "metrics_endpoint": None,  # no metrics server (it would listen on its own port)
+            "grpc_max_message_length": GRPC_MAX_MESSAGE_BYTES,
             "environments_dir": str(self.work_dir / "envs"), "metrics_dir": str(self.work_dir / "metrics"),
         }
         settings_dir.mkdir(parents=True, exist_ok=True)

@@ -78,11 +78,11 @@ class Checkpoint:
     def _produce(self, message: OutputMessage) -> None:
         coordinates = _coordinates(message.record)
         if coordinates in self.refused:
-            message = self._refused_letter(message.record, self.refused.pop(coordinates))
+            message = self._refused_letter(message, self.refused.pop(coordinates))
         try:
             self._send(message)
         except OutputError as error:  # the producer refused this record alone: its dead letter instead
-            message = self._refused_letter(message.record, str(error))
+            message = self._refused_letter(message, str(error))
             self._send(message)
         self.produced.append(message)
 
@@ -93,8 +93,8 @@ class Checkpoint:
                               partition=self.topics.partition_for(topic, record),
                               on_delivery=self._delivery_report(record))
 
-    def _refused_letter(self, record: Record, reason: str) -> OutputMessage:
-        return encode_short_dead_letter(DeadLetter.from_error(record, OutputError(reason)))
+    def _refused_letter(self, refused: OutputMessage, reason: str) -> OutputMessage:
+        return encode_short_dead_letter(DeadLetter.from_error(refused.record, OutputError(reason)), refused.trace)
 
     def _delivery_report(self, record: Record) -> DeliveryCallback:
         sender = self.producer

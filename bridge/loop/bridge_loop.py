@@ -73,6 +73,7 @@ class BridgeLoop:
         self.window = InFlightWindow(settings.window_records, settings.window_bytes)
         self.broken = False  # set when an error escapes run(): close() must then abort, not commit
         self.metrics = pipeline.metrics
+        self.tracing = pipeline.tracing
         self.metrics.window_records.set_function(lambda: self.window.records)
         self.progress = Progress(self.metrics, settings.seconds("progress_interval_ms"))
         self.health = health or Health(settings.seconds("liveness_timeout_ms"))
@@ -162,7 +163,8 @@ class BridgeLoop:
             if isinstance(done, Failure):
                 self._model_failed(done)
                 continue
-            message = self.pipeline.encode(done.outcome)  # a result too large for Kafka is a dead letter now
+            # A result too large for Kafka is a dead letter now; either carries the record's trace context.
+            message = self.pipeline.encode(done.outcome, done.trace)
             self.window.finish(done.record, done.tag, message)
 
     def _produce_ready(self) -> None:
@@ -185,7 +187,8 @@ class BridgeLoop:
         # commit, not the interval plus two.
         self._last_commit = time.monotonic()
         try:
-            committed = self.checkpoint.commit(self.window.frontier())
+            with self.tracing.commit(self.checkpoint.produced):  # ends the records' spans once committed
+                committed = self.checkpoint.commit(self.window.frontier())
         except TransactionAborted as exc:
             log.warning("transaction aborted (%s); redoing %d records", exc, pending)
             self._abort_and_rewind()
@@ -202,6 +205,7 @@ class BridgeLoop:
 
     def _abort_and_rewind(self) -> None:
         self.metrics.transactions.labels("aborted").inc()
+        self.tracing.abandon(self.checkpoint.produced, "transaction aborted: the record is redone")
         try:
             self.checkpoint.abort()
         except ProducerUnusable as exc:
@@ -218,6 +222,7 @@ class BridgeLoop:
                     one_line(unusable), self.replacements)
         self.metrics.transactions.labels("abandoned").inc()
         self.abandoned.append(self.producer)
+        self.tracing.abandon(self.checkpoint.produced, "producer replaced: the record is redone")
         self.window.restart()
         self.producer = self.replace_producer()
         self.checkpoint.replace_producer(self.producer)
@@ -348,6 +353,7 @@ class BridgeLoop:
         self.metrics.transactions.labels("aborted").inc()
         lost = {(tp.topic, tp.partition) for tp in partitions}
         self._revoked_in_poll.update(lost)
+        self.tracing.abandon(self.checkpoint.produced, "partitions lost: transaction aborted")
         try:
             self.checkpoint.abort()
         except ProducerUnusable as exc:

@@ -26,6 +26,7 @@ from bridge.errors import SystemFailure, UnexpectedRecordError
 from bridge.images.fetch import ImageFetcher
 from bridge.images.decode_pool import DecodePool
 from bridge.ops.metrics import BridgeMetrics
+from bridge.ops.tracing import NOOP, RecordTrace, Tracing
 from bridge.images.preprocess import Preprocessor
 from bridge.loop.isolation import isolate
 from bridge.model.predictor import Classified, PreparedImage, Predictor
@@ -49,6 +50,7 @@ class Completion:
     record: Record
     tag: Any
     outcome: Outcome
+    trace: RecordTrace | None = None  # the record's span, when tracing is on (bridge.ops.tracing)
 
 
 @dataclass(frozen=True)
@@ -65,13 +67,14 @@ class _Item:
     request: ImageRequest
     started: float
     image: PreparedImage | None = None
+    trace: RecordTrace | None = None
 
 
 class Pipeline:
     def __init__(self, fetcher: ImageFetcher, preprocessor: Preprocessor | DecodePool, predictor: Predictor,
                  batching: BatchingPolicy = BatchingPolicy(), fetch_concurrency: int = 16,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, metrics: BridgeMetrics | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, tracing: Tracing = NOOP) -> None:
         self.fetcher = fetcher
         self.preprocessor = preprocessor
         self.predictor = predictor
@@ -80,6 +83,7 @@ class Pipeline:
         self.metrics = metrics or BridgeMetrics()
         self.metrics.in_flight.set_function(self.predicting)
         self.clock = clock
+        self.tracing = tracing
         self.completions: queue.SimpleQueue[Completion | Failure] = queue.SimpleQueue()
         self._loaders = ThreadPoolExecutor(fetch_concurrency, thread_name_prefix="fetch")
         self._predictors = ThreadPoolExecutor(batching.max_in_flight, thread_name_prefix="predict")
@@ -97,19 +101,21 @@ class Pipeline:
     def submit(self, record: Record, tag: Any = None) -> None:
         """Start classifying one record; its Completion (or a Failure) arrives on `completions`."""
         started = self.clock()
+        trace = self.tracing.record(record)
         request = isolate("parse", record, lambda: parse_request(record))
         if isinstance(request, DeadLetter):
-            self.completions.put(Completion(record, tag, request))
+            self.completions.put(Completion(record, tag, request, trace))
             return
         with self._lock:
             self._loading += 1
-        self._loaders.submit(self._load, _Item(record, tag, request, started))
+        self._loaders.submit(self._load, _Item(record, tag, request, started, trace=trace))
 
-    def encode(self, outcome: Outcome) -> OutputMessage:
-        """The outcome as a Kafka record; one that cannot be encoded or is too large is its dead letter."""
-        message = isolate("output", outcome.record, lambda: encode(outcome, self.max_message_bytes))
+    def encode(self, outcome: Outcome, trace: RecordTrace | None = None) -> OutputMessage:
+        """The outcome as a Kafka record, carrying the record's trace context; one that cannot be encoded or is
+        too large is its dead letter."""
+        message = isolate("output", outcome.record, lambda: encode(outcome, self.max_message_bytes, trace))
         if isinstance(message, DeadLetter):
-            return encode_dead_letter(message, self.max_message_bytes)
+            return encode_dead_letter(message, self.max_message_bytes, trace)
         return message
 
     def stop_accepting(self) -> None:
@@ -127,7 +133,7 @@ class Pipeline:
             done = self.completions.get()
             if isinstance(done, Failure):
                 raise done.error
-            messages[done.tag] = self.encode(done.outcome)
+            messages[done.tag] = self.encode(done.outcome, done.trace)
         return messages  # type: ignore[return-value]
 
     def close(self) -> None:
@@ -147,7 +153,8 @@ class Pipeline:
                 return
             record = item.record
             began = self.clock()
-            data = isolate("fetch", record, lambda: self.fetcher.fetch(item.request.url))
+            data = self.tracing.stage(item.trace, "fetch",
+                                      lambda: isolate("fetch", record, lambda: self.fetcher.fetch(item.request.url)))
             fetched = self.clock()
             self.metrics.stage_seconds.labels("fetch").observe(fetched - began)
             log.debug("fetch for %s[%d]@%d took %.0f ms: %s", record.topic, record.partition, record.offset,
@@ -155,10 +162,11 @@ class Pipeline:
             if isinstance(data, DeadLetter):
                 image: PreparedImage | DeadLetter = data
             else:
-                image = isolate("preprocess", record, lambda: self.preprocessor.prepare(data))  # type: ignore[arg-type]
+                image = self.tracing.stage(item.trace, "preprocess", lambda: isolate(
+                    "preprocess", record, lambda: self.preprocessor.prepare(data)))  # type: ignore[arg-type]
                 self.metrics.stage_seconds.labels("preprocess").observe(self.clock() - fetched)
             if isinstance(image, DeadLetter):
-                self.completions.put(Completion(record, item.tag, image))
+                self.completions.put(Completion(record, item.tag, image, item.trace))
             else:
                 item.image = image
                 self._images.put(item)
@@ -226,7 +234,8 @@ class Pipeline:
         self.metrics.batch_size.observe(len(items))
         began = self.clock()
         try:
-            answers: list = self.predictor.predict([item.image for item in items])  # type: ignore[misc]
+            with self.tracing.batch([item.trace for item in items]):
+                answers: list = self.predictor.predict([item.image for item in items])  # type: ignore[misc]
             self.metrics.stage_seconds.labels("predict").observe(self.clock() - began)
         except SystemFailure as exc:
             self.completions.put(Failure(exc))
@@ -242,7 +251,7 @@ class Pipeline:
                                           (finished - item.started) * 1000)
             else:
                 outcome = DeadLetter.from_error(item.record, answer)
-            self.completions.put(Completion(item.record, item.tag, outcome))
+            self.completions.put(Completion(item.record, item.tag, outcome, item.trace))
 
 
 _WAKE: Any = object()  # tells the batcher to look again (a fetch ended); not an image

@@ -23,6 +23,7 @@ from bridge.model.predictor import Predictor, RetryPolicy
 from bridge.model.signature import ImageSignature
 from bridge.ops.health import Health, HealthServer
 from bridge.ops.metrics import BridgeMetrics
+from bridge.ops.tracing import NOOP, Tracing, open_tracing
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,8 @@ def _served_version(client: ModelBackend) -> int | str:
 
 
 def build_pipeline(settings: Settings, client: ModelBackend, signature: ImageSignature,
-                   interrupt: threading.Event, metrics: BridgeMetrics | None = None) -> Pipeline:
+                   interrupt: threading.Event, metrics: BridgeMetrics | None = None,
+                   tracing: Tracing = NOOP) -> Pipeline:
     """The transform as the settings describe it: fetcher, preprocessor, predictor and their stages."""
     metrics = metrics or BridgeMetrics()
     scaling = ScaleSpec(settings.input_scale, settings.input_offset)
@@ -96,21 +98,23 @@ def build_pipeline(settings: Settings, client: ModelBackend, signature: ImageSig
     return Pipeline(fetcher, decoder, predictor, BatchingPolicy(
         settings.max_batch_size, settings.seconds("batch_linger_ms"), settings.max_in_flight),
         fetch_concurrency=settings.fetch_concurrency, max_message_bytes=settings.max_message_bytes(),
-        metrics=metrics)
+        metrics=metrics, tracing=tracing)
 
 
 def run_bridge(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code. Raises ConfigError / BridgeError for the CLI."""
+    tracing = open_tracing(settings.tracing)  # first: a missing tracing extra is a ConfigError
     stop = StopSignal(settings.seconds("shutdown_timeout_ms"))
     stop.install()
     metrics = BridgeMetrics()
     health = Health(settings.seconds("liveness_timeout_ms"))
     server = start_health_server(settings, health, metrics)
     try:
-        return _run(settings, stop, metrics, health)
+        return _run(settings, stop, metrics, health, tracing)
     finally:
         if server is not None:
             server.close()
+        tracing.shutdown()  # exports the spans still buffered
 
 
 def start_health_server(settings: Settings, health: Health, metrics: BridgeMetrics) -> HealthServer | None:
@@ -124,7 +128,8 @@ def start_health_server(settings: Settings, health: Health, metrics: BridgeMetri
                           f"(--metrics-port): {exc.strerror or exc}") from None
 
 
-def _run(settings: Settings, stop: StopSignal, metrics: BridgeMetrics, health: Health) -> int:
+def _run(settings: Settings, stop: StopSignal, metrics: BridgeMetrics, health: Health,
+         tracing: Tracing = NOOP) -> int:
     client = open_backend(settings)
     signature = wait_for_model(client, settings.seconds("startup_timeout_ms"), stop, health)
     if signature is None:
@@ -133,7 +138,7 @@ def _run(settings: Settings, stop: StopSignal, metrics: BridgeMetrics, health: H
     log.info("model ready: %s", signature.describe())
     metrics.set_model(settings.model_name, _served_version(client), signature.name)
     health.problem("model", None)
-    pipeline = build_pipeline(settings, client, signature, stop.event, metrics)
+    pipeline = build_pipeline(settings, client, signature, stop.event, metrics, tracing)
     threading.Thread(target=watch_model_status, args=(client, health, settings.seconds("resume_check_interval_ms"),
                                                       stop.event), name="model-status", daemon=True).start()
     kafka_timeout = settings.seconds("kafka_timeout_ms")

@@ -12,6 +12,7 @@ from bridge.model import tensors
 from bridge.model.backend import (ModelTarget, Prediction, VersionStatus, model_server_error,
                                   signature_from_metadata)
 from bridge.model.predict_request import predict_request_bytes
+from bridge.ops.tracing import outgoing_headers
 from bridge.model.servers import ROUND_ROBIN, channel_target
 from bridge.model.signature import ImageSignature, InputKind
 from bridge.tfs_api import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
@@ -127,7 +128,7 @@ class GrpcBackend:
 
     def _answer(self, call: grpc.UnaryUnaryMultiCallable, request: object, timeout: float | None) -> Prediction:
         try:
-            response = call(request, timeout=timeout or self.timeout)
+            response = call(request, timeout=timeout or self.timeout, metadata=outgoing_headers() or None)
         except grpc.RpcError as exc:
             raise rpc_error(exc, f"Predict on {self.target.describe()}") from None
         return Prediction(

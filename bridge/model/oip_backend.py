@@ -21,6 +21,7 @@ from bridge.model.backend import ModelTarget, Prediction, VersionStatus
 from bridge.model.grpc_backend import CHANNEL_OPTIONS, rpc_error
 from bridge.model.servers import ROUND_ROBIN, channel_target
 from bridge.model.signature import ImageSignature, InputKind
+from bridge.ops.tracing import outgoing_headers
 from bridge.oip_api import open_inference_pb2 as oip
 from bridge.oip_api import open_inference_pb2_grpc
 from bridge.tfs_api import meta_graph_pb2, tensor_shape_pb2
@@ -131,7 +132,8 @@ class OipBackend:
             request.outputs.add(name=name)
         request.raw_input_contents.append(blob)
         try:
-            response = self._infer_bytes(request.SerializeToString(), timeout=timeout or self.timeout)
+            response = self._infer_bytes(request.SerializeToString(), timeout=timeout or self.timeout,
+                                         metadata=outgoing_headers() or None)
         except grpc.RpcError as exc:
             raise rpc_error(exc, f"ModelInfer on {self.target.describe()}") from None
         return Prediction(self._outputs(response), response.model_name or self.target.name,

@@ -35,6 +35,7 @@ from bridge.model.backend import ModelTarget, Prediction, VersionStatus, signatu
 from bridge.model.pixels_json import uint8_json
 from bridge.model.rest_errors import http_error
 from bridge.model.signature import ImageSignature, InputKind
+from bridge.ops.tracing import outgoing_headers
 from bridge.redact import redact_url
 from bridge.tfs_api import get_model_metadata_pb2, get_model_status_pb2
 
@@ -185,8 +186,9 @@ class RestBackend:
         seconds = timeout or self.timeout
         scope = self._reaper.open(time.monotonic() + seconds)
         try:
+            headers = {"Content-Type": JSON, **dict(outgoing_headers())} if body is not None else None
             response = self._session.request(method, self._base + path, data=body, timeout=seconds,
-                                             headers={"Content-Type": JSON} if body is not None else None)
+                                             headers=headers)
             content = response.content
         except requests.RequestException as exc:
             if scope.expired or isinstance(exc, requests.Timeout):

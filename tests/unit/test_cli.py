@@ -243,3 +243,24 @@ def test_console_config_error_and_no_tensorflow():
         cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert done.stderr == "tfs-bridge: error: --top-k (TFS_BRIDGE_TOP_K) must be a positive integer, got 'x'\n"
+
+
+def test_the_cli_refuses_bad_redrive_flags_and_the_bridges_own_group_with_exit_2(capsys):
+    assert cli.main(["redrive", "--stage", "nope"], env={}) == 2
+    assert cli.main(["redrive", "--redrive-group-id", "g", "--group-id", "g"], env={}) == 2
+    assert cli.main(["redrive", "--max-batch-size", "8"], env={}) == 2  # not a redrive flag
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 3 and all(line.startswith("tfs-bridge: error: ") for line in lines)
+    assert "must differ from --group-id" in lines[1]
+
+
+def test_redrive_help_lists_its_own_flags_and_runs_kafka_settings_only(capsys):
+    assert cli.main(["redrive", "--help"], env={}) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    for flag in ("--stage", "--type", "--since", "--until", "--max-redrives", "--dry-run", "--redrive-group-id",
+                 "--transaction-records", "--deadline-ms", "--bootstrap-servers", "--kafka-config",
+                 "--dead-letter-topic", "TFS_BRIDGE_INPUT_TOPIC"):
+        assert flag in help_text
+    assert "--max-batch-size" not in help_text and "--transactional-id" not in help_text
+    assert cli.main(["run", "--help"], env={}) == 0
+    assert "--stage" not in capsys.readouterr().out

@@ -64,6 +64,7 @@ SAMPLES = {
     "metrics_port": ("0", 0),
     "metrics_host": ("127.0.0.1", "127.0.0.1"),
     "liveness_timeout_ms": ("120000", 120000),
+    "tracing": ("true", True),
 }
 # Settings that only make sense together with another one.
 COMPANIONS = {"grpc_ca_cert": {"grpc_tls": "true"}}
@@ -71,7 +72,8 @@ FIELDS = [f.name for f in dataclasses.fields(Settings)]
 
 
 def flag_args(name, text):
-    booleans = {"grpc_tls": ["--grpc-tls"], "static_membership": ["--no-static-membership"]}
+    booleans = {"grpc_tls": ["--grpc-tls"], "static_membership": ["--no-static-membership"],
+                "tracing": ["--tracing"]}
     return booleans.get(name, [flag_name(name), text])
 
 
@@ -387,3 +389,17 @@ def test_the_readme_table_lists_every_setting_as_the_code_defines_it():
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert settings_table() in readme
+
+
+def test_a_subcommand_may_take_only_some_settings_and_ignores_the_environment_of_the_others():
+    import argparse
+
+    from bridge.config import add_settings_arguments, settings_from_args
+
+    env = {"TFS_BRIDGE_INPUT_TOPIC": "in", "TFS_BRIDGE_MAX_BATCH_SIZE": "0"}  # the batch size is invalid, and unused
+    parser = argparse.ArgumentParser()
+    add_settings_arguments(parser, env, only=("input_topic", "group_id"))
+    settings = settings_from_args(parser.parse_args(["--group-id", "g"]), env)
+    assert (settings.input_topic, settings.group_id, settings.max_batch_size) == ("in", "g", 32)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--max-batch-size", "8"])

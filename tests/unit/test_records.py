@@ -133,3 +133,81 @@ def test_dead_letter_messages_and_headers_never_carry_credentials_or_query_strin
 def test_headers_encode_lone_surrogates_instead_of_failing():
     letter = DeadLetter.from_error(record(b"x"), InvalidRecord("bad \ud800 id"))
     assert dict(letter.headers())["tfs-bridge.error.message"] == b"bad ? id"
+
+
+class FakeMessage:
+    """A confluent-kafka Message as far as Record.from_message reads it."""
+
+    def __init__(self, headers=None, headers_error=None):
+        self._headers, self._headers_error = headers, headers_error
+
+    def topic(self):
+        return "ImageInputTopic"
+
+    def partition(self):
+        return 2
+
+    def offset(self):
+        return 7
+
+    def key(self):
+        return b"k1"
+
+    def value(self):
+        return b"http://h/x.png"
+
+    def timestamp(self):
+        return 1, 1_700_000_000_000
+
+    def headers(self):
+        if self._headers_error is not None:
+            raise self._headers_error
+        return self._headers
+
+
+def test_a_record_keeps_its_headers_and_its_dead_letter_keeps_them_for_a_redrive():
+    record_ = Record.from_message(FakeMessage([("trace", b"abc"), ("bin", b"\xff\x00"), ("empty", None),
+                                               ("tfs-bridge.redrive.count", b"2")]))
+    assert record_.headers == (("trace", b"abc"), ("bin", b"\xff\x00"), ("empty", None),
+                               ("tfs-bridge.redrive.count", b"2"))
+    body = json.loads(DeadLetter.from_error(record_, FetchError("HTTP 503")).value())
+    assert body["headers"] == [["trace", "abc"], ["bin", {"base64": base64.b64encode(b"\xff\x00").decode()}],
+                               ["empty", None], ["tfs-bridge.redrive.count", "2"]]
+    assert "headers_redacted" not in body and "headers_lost" not in body
+
+
+def test_a_record_without_headers_has_a_dead_letter_as_before():
+    assert Record.from_message(FakeMessage(None)).headers == ()
+    body = json.loads(DeadLetter.from_error(record(b"x"), InvalidRecord("not a URL")).value())
+    assert set(body) == {"error", "source", "value"}
+
+
+def test_headers_the_client_cannot_read_are_lost_and_the_dead_letter_says_so():
+    # confluent-kafka raises SystemError from headers() when a header name is not UTF-8 (seen with kcat -H).
+    record_ = Record.from_message(FakeMessage(headers_error=SystemError("returned a result with an exception set")))
+    assert record_.headers is None
+    body = json.loads(DeadLetter.from_error(record_, InvalidRecord("not a URL")).value())
+    assert body["headers_lost"] == "the Kafka client cannot read them (a header name not UTF-8)"
+    assert "headers" not in body
+
+
+def test_dead_letter_headers_lose_secrets_as_urls_do():
+    headers = (("Authorization", b"Bearer s3cret"), ("x-api-key", b"k3y"), ("Cookie", b"session=abc"),
+               ("referer", b"https://alice:pw@site.example/page?token=t0k"), ("trace", b"00-abc-01"))
+    letter = DeadLetter.from_error(Record("in", 0, 1, None, b"u", headers=headers), InvalidRecord("not a URL"))
+    body = json.loads(letter.value())
+    assert body["headers"] == [["referer", "https://site.example/page?…"], ["trace", "00-abc-01"]]
+    assert body["headers_redacted"] == ["Authorization", "x-api-key", "Cookie", "referer"]
+    for secret in ("s3cret", "k3y", "session=abc", "alice", "t0k"):
+        assert secret not in letter.value().decode()
+
+
+def test_headers_too_large_for_the_short_dead_letter_are_lost_and_the_letter_still_fits():
+    from bridge.records import encode
+
+    headers = tuple((f"h{n}", b"v" * 100) for n in range(50))  # 5 KB of headers: over the short form's 1 KiB
+    letter = DeadLetter.from_error(Record("in", 0, 1, None, b"v" * 60_000, headers=headers), InvalidRecord("x"))
+    assert len(json.loads(letter.value())["headers"]) == 50
+    message = encode(letter, max_bytes=10_000)
+    body = json.loads(message.value)
+    assert message.size() <= 10_000 and "headers" not in body and "more than the 1024 kept" in body["headers_lost"]

@@ -12,6 +12,7 @@ from bridge.loop.pipeline import Completion, Failure
 from bridge.loop.bridge_loop import MAX_REPLACEMENTS, BridgeLoop
 from bridge.loop.stop_signal import StopSignal
 from bridge.ops.metrics import BridgeMetrics
+from bridge.ops.tracing import NOOP
 from bridge.records import DeadLetter, OutputMessage
 
 
@@ -136,6 +137,7 @@ class FakePipeline:
         self.submitted = {}  # (partition, offset) -> tag
         self.predictor = FakePredictor()
         self.metrics = BridgeMetrics(clock=lambda: 1_700_000_002.5)
+        self.tracing = NOOP
 
     def submit(self, record, tag=None):
         self.submitted[(record.partition, record.offset)] = (record, tag)
@@ -144,7 +146,7 @@ class FakePipeline:
         record, tag = self.submitted[(partition, offset)]
         self.completions.put(Completion(record, tag, DeadLetter(record, "fetch", "FetchError", "scripted")))
 
-    def encode(self, outcome):
+    def encode(self, outcome, trace=None):
         body = {"source": outcome.record.source()}
         return OutputMessage(outcome.record, False, json.dumps(body).encode(), [], ("fetch", "FetchError"))
 
