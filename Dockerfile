@@ -10,8 +10,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# The runtime exactly as uv.lock pins it (requirements.txt, every file checked by its hash), then the package
-# itself (no extras) with the locked build backend, then drop the sources.
+# The runtime exactly as uv.lock pins it, with the tracing extra's OpenTelemetry (requirements.txt, every file
+# checked by its hash; imported only with --tracing), then the package itself with the locked build backend, then
+# drop the sources.
 COPY requirements.txt pyproject.toml README.md /tmp/tfs-bridge/
 COPY bridge/ /tmp/tfs-bridge/bridge/
 RUN pip install --no-cache-dir --require-hashes -r /tmp/tfs-bridge/requirements.txt \

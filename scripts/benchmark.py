@@ -19,6 +19,8 @@ JSON line for tracking.
 the model embedded with LiteRT, and the Open Inference Protocol to Seldon MLServer running the same .tflite with
 LiteRT), each with its records/s, latency at half its rate, CPU ms/record of bridge and model server, and peak
 memory, beside the one-record-at-a-time pattern.
+--tracing runs the digits defaults with tracing off, then on (--tracing, spans exported over OTLP to a local
+OpenTelemetry Collector) sampling 100 % and 1 % of new traces: records/s and the bridge's CPU ms/record of each.
 --compare REV runs only the digits defaults, with the bridge of commit REV (checked out in a temporary git
 worktree) between two runs of this tree's, so a change is measured against its predecessor on one stack.
 """
@@ -180,12 +182,12 @@ def fill(stack, topic: str, urls: list[str], records: int) -> None:
 
 @contextlib.contextmanager
 def running_bridge(stack, case: Case, topics: dict[str, str], flags: list[str], root: Path = ROOT,
-                   backend: str = "grpc"):
+                   backend: str = "grpc", env: dict[str, str] | None = None):
     with stack.bridge("--input-topic", topics["input"], "--output-topic", topics["output"],
                       "--dead-letter-topic", topics["dead"], "--group-id", f"bench-{topics['input']}",
                       "--model-name", case.model, "--progress-interval-ms", "0", *flags,
                       log_name=f"{topics['input']}.log", root=root, backend=backend, model=case.model,
-                      allow_local_images=has_address_policy(root)) as bridge:
+                      allow_local_images=has_address_policy(root), env=env) as bridge:
         bridge.wait_for_log("assigned", timeout=120)
         yield bridge
 
@@ -210,11 +212,11 @@ class BridgeRun:
 
 
 def run_bridge(stack, case: Case, urls: list[str], flags: list[str], root: Path = ROOT,
-               backend: str = "grpc") -> BridgeRun:
+               backend: str = "grpc", env: dict[str, str] | None = None) -> BridgeRun:
     """Records/s from the bridge's partition assignment to the last result's Kafka timestamp."""
     topics = fresh_topics(stack, "bench")
     fill(stack, topics["input"], urls, case.records)
-    with running_bridge(stack, case, topics, flags, root, backend) as bridge:
+    with running_bridge(stack, case, topics, flags, root, backend, env) as bridge:
         threads = ThreadMeter(bridge.process.pid)
         server = stack.server_pid(backend)
         meters = [CpuMeter(bridge.process.pid, descendants=True), CpuMeter(server, descendants=True),
@@ -467,6 +469,33 @@ def run_backends(stack, name: str, case: Case) -> dict:
             "of_grpc": {backend: round(row["records_per_s"] / grpc_rate, 2) for backend, row in rows.items()}}
 
 
+def run_tracing(stack, case: Case) -> dict:
+    """The bridge on `case` with tracing off, and on with 100 % and 1 % of new traces sampled, spans exported to a
+    local OpenTelemetry Collector: records/s and the bridge's CPU ms/record of each, off first and last."""
+    from scripts.otel_collector import OtelCollector
+
+    urls = case_urls(stack, case)
+    samplers = {"off": None, "100 %": ("parentbased_always_on", ""), "1 %": ("parentbased_traceidratio", "0.01")}
+    rows: dict[str, list[BridgeRun]] = {name: [] for name in samplers}
+    with OtelCollector(stack.work_dir / "otelcol") as collector:
+        for name in [*samplers, "off"]:
+            sampler = samplers[name]
+            env = None if sampler is None else {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint, "OTEL_SERVICE_NAME": "tfs-bridge-benchmark",
+                "OTEL_TRACES_SAMPLER": sampler[0], "OTEL_TRACES_SAMPLER_ARG": sampler[1]}
+            run = run_bridge(stack, case, urls, [] if sampler is None else ["--tracing"], env=env)
+            rows[name].append(run)
+            print(f"  tracing {name:<6} {run.rate:7.1f} records/s; bridge CPU {run.bridge_cpu_ms:.2f} ms/record",
+                  flush=True)
+        spans = len(collector.spans())
+    off = statistics.mean(run.bridge_cpu_ms for run in rows["off"])
+    return {"case": case.model, "spans_exported": spans, **{
+        name: {"records_per_s": round(statistics.mean(r.rate for r in runs), 1),
+               "bridge_cpu_ms_per_record": round(statistics.mean(r.bridge_cpu_ms for r in runs), 2),
+               "cpu_of_off": round(statistics.mean(r.bridge_cpu_ms for r in runs) / off, 2)}
+        for name, runs in rows.items()}}
+
+
 def run_outage(stack, case: Case, backend: str, rate: float = 50.0, down: float = 10.0) -> dict:
     """A model-server outage (gRPC, REST) or a bridge crash (embedded, where the model is in the bridge) while
     records flow at `rate`: how long until input pauses (or the bridge is gone), and the time from recovery
@@ -590,15 +619,20 @@ def main() -> int:
     parser.add_argument("--case", choices=sorted(CASES), action="append", help="run only these cases")
     parser.add_argument("--variants", action="store_true", help="also run other settings on digits")
     parser.add_argument("--compare", metavar="REV", help="only the digits defaults, against the bridge of REV")
+    parser.add_argument("--tracing", action="store_true", help="only digits, tracing off and on (100 %%, 1 %%)")
     parser.add_argument("--backends", action="store_true",
                         help="each model backend instead (gRPC, REST, embedded, Open Inference Protocol)")
     args = parser.parse_args()
-    names = args.case or list(CASES)
+    names = ["digits"] if args.tracing else args.case or list(CASES)
     models = sorted({CASES[name].model for name in names})
     print(f"starting the local stack with {', '.join(models)}; {PARTITIONS} partitions", flush=True)
     with local_stack(partitions=PARTITIONS, digits=200, models=models, photos=64, oip=args.backends) as stack:
         if args.compare:
             compare(stack, args.compare)
+            return 0
+        if args.tracing:
+            result = run_tracing(stack, CASES["digits"])
+            print("BENCHMARK_JSON " + json.dumps({"partitions": PARTITIONS, "cpus": os.cpu_count(), "tracing": result}))
             return 0
         if args.backends:
             backends = [run_backends(stack, name, CASES[name]) for name in names]

@@ -126,19 +126,19 @@ class LocalStack:
 
     @contextlib.contextmanager
     def bridge(self, *flags: str, log_name: str = "bridge.log", root: Path = ROOT,
-               allow_local_images: bool = True, backend: str = "grpc", model: str = "digits"
-               ) -> Iterator[BridgeProcess]:
+               allow_local_images: bool = True, backend: str = "grpc", model: str = "digits",
+               env: dict[str, str] | None = None) -> Iterator[BridgeProcess]:
         """`tfs-bridge run` on this stack as a child process; stopped with SIGTERM when the block ends.
 
         allow_local_images: open the address policy for 127.0.0.1, where the sample images are served.
         root: the checkout whose bridge runs (for comparisons with an older commit).
-        backend: which of BACKENDS the bridge uses for `model`."""
+        backend: which of BACKENDS the bridge uses for `model`. env: more environment for the bridge."""
         local = ("--fetch-allow", "127.0.0.1") if allow_local_images else ()
         # No metrics port unless asked for: a stack may run several bridges (an older commit knows no such flag).
         quiet = ("--metrics-port", "0") if root == ROOT else ()
         bridge = BridgeProcess(self.work_dir / log_name, "--bootstrap-servers", self.kafka.bootstrap_servers,
                                "--model-server", self.model_server_flag(backend, model), *local, *quiet, *flags,
-                               root=root).start()
+                               env=env, root=root).start()
         try:
             yield bridge
         finally:

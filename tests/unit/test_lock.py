@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 # The exports scripts/lock.sh writes (without their headers): the bridge image's runtime and build backend, and the
 # model export image's TensorFlow (the server extra).
-EXPORTS = {"requirements.txt": ["--group", "build"], "serving/requirements.txt": ["--extra", "server"]}
+# The bridge's image carries the tracing extra (off unless --tracing; nothing imported then).
+EXPORTS = {"requirements.txt": ["--group", "build", "--extra", "tracing"], "serving/requirements.txt": ["--extra", "server"]}
 
 
 def uv(*args: str) -> subprocess.CompletedProcess[str]:
