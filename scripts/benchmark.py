@@ -477,6 +477,7 @@ def run_tracing(stack, case: Case) -> dict:
     urls = case_urls(stack, case)
     samplers = {"off": None, "100 %": ("parentbased_always_on", ""), "1 %": ("parentbased_traceidratio", "0.01")}
     rows: dict[str, list[BridgeRun]] = {name: [] for name in samplers}
+    (stack.work_dir / "otelcol").mkdir(exist_ok=True)
     with OtelCollector(stack.work_dir / "otelcol") as collector:
         for name in [*samplers, "off"]:
             sampler = samplers[name]

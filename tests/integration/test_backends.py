@@ -89,22 +89,34 @@ def test_rest_model_server_unavailable_then_unauthenticated_then_back_pauses_wit
     assert bridge.terminate() == 0
 
 
-def test_the_three_backends_agree_on_the_top_label(kafka, unique, image_server, held_out, start_bridge,
-                                                   rest_model_server, tflite_model):
-    backends = {"grpc": rest_model_server.address, "rest": rest_model_server.rest_url, "embedded": tflite_model}
+def classify_with_each(backends, kafka, unique, image_server, held_out, start_bridge, records=300):
+    """The same `records` digits through a bridge on each backend ({name: --model-server}), each on topics of its
+    own; checks each input exactly once. Returns ({name: outputs}, the true labels by id)."""
     runs = {}
     for name, model_address in backends.items():
         topics = BridgeTopics(f"images-{name}-{unique}", f"predictions-{name}-{unique}", f"dead-{name}-{unique}",
                               f"bridge-{name}-{unique}")
         kafka.create_topics({topics.input: 3, topics.output: 3, topics.dead_letters: 1})
-        truth = send_digits(kafka, topics, image_server, held_out, 300)
+        truth = send_digits(kafka, topics, image_server, held_out, records)
         start_bridge(*topics.flags(), "--instance-name", name, model_address=model_address)
         runs[name] = topics
-    top = {}
+    answers = {}
     for name, topics in runs.items():
-        outputs, dead = read_outcomes(kafka, topics, expect=300)
+        outputs, dead = read_outcomes(kafka, topics, expect=records)
         assert_exactly_once(outputs, dead, truth)
-        top[name] = {o["id"]: o["predictions"][0]["label"] for o in values(outputs)}
+        answers[name] = outputs
+    return answers, truth
+
+
+def top_labels(outputs) -> dict[str, str]:
+    return {o["id"]: o["predictions"][0]["label"] for o in values(outputs)}
+
+
+def test_the_three_backends_agree_on_the_top_label(kafka, unique, image_server, held_out, start_bridge,
+                                                   rest_model_server, tflite_model):
+    backends = {"grpc": rest_model_server.address, "rest": rest_model_server.rest_url, "embedded": tflite_model}
+    answers, truth = classify_with_each(backends, kafka, unique, image_server, held_out, start_bridge)
+    top = {name: top_labels(outputs) for name, outputs in answers.items()}
     for name in ("rest", "embedded"):
         agree = sum(top[name][i] == top["grpc"][i] for i in truth) / len(truth)
         assert agree >= 0.99, f"{name} agrees with gRPC on {agree:.1%} of the images"

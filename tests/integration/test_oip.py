@@ -13,8 +13,8 @@ import pytest
 
 from scripts.kafka_io import produce, read_topic
 from scripts.kafka_local import free_port
-from tests.integration.conftest import BridgeTopics, read_outcomes, values
-from tests.integration.test_backends import sigkill_and_restart
+from tests.integration.conftest import read_outcomes, values
+from tests.integration.test_backends import classify_with_each, sigkill_and_restart, top_labels
 from tests.integration.test_bridge import (FAST_FAILURE, accuracy, assert_exactly_once, count_outputs, send_digits,
                                            wait_for_outputs)
 
@@ -37,22 +37,11 @@ def oip(server) -> str:
 
 def test_each_input_once_with_the_top_label_tf_serving_gives(kafka, unique, image_server, held_out, start_bridge,
                                                             model_server, oip_server):
-    runs = {}
-    for name, address in (("grpc", model_server.address), ("oip", oip(oip_server))):
-        topics = BridgeTopics(f"images-{name}-{unique}", f"predictions-{name}-{unique}", f"dead-{name}-{unique}",
-                              f"bridge-{name}-{unique}")
-        kafka.create_topics({topics.input: 3, topics.output: 3, topics.dead_letters: 1})
-        truth = send_digits(kafka, topics, image_server, held_out, 300)
-        start_bridge(*topics.flags(), "--instance-name", name, model_address=address)
-        runs[name] = topics
-    top = {}
-    for name, topics in runs.items():
-        outputs, dead = read_outcomes(kafka, topics, expect=300)
-        assert_exactly_once(outputs, dead, truth)
-        top[name] = {o["id"]: o["predictions"][0]["label"] for o in values(outputs)}
-        if name == "oip":
-            assert {(o["model"]["name"], o["model"]["version"]) for o in values(outputs)} == {("digits", 1)}
-            assert accuracy(outputs, truth) >= 0.9
+    backends = {"grpc": model_server.address, "oip": oip(oip_server)}
+    answers, truth = classify_with_each(backends, kafka, unique, image_server, held_out, start_bridge)
+    top = {name: top_labels(outputs) for name, outputs in answers.items()}
+    assert {(o["model"]["name"], o["model"]["version"]) for o in values(answers["oip"])} == {("digits", 1)}
+    assert accuracy(answers["oip"], truth) >= 0.9
     agree = sum(top["oip"][i] == top["grpc"][i] for i in truth) / len(truth)
     assert agree >= 0.99, f"{oip_server.kind} agrees with TF Serving on {agree:.1%} of the images"
 
