@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from concurrent import futures
 from pathlib import Path
 
@@ -147,3 +148,29 @@ def test_tracing_on_without_the_extra_is_a_one_line_config_error():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert done.stdout.startswith("--tracing (TFS_BRIDGE_TRACING) needs the tracing extra: pip install "
                                   "'tfs-bridge[tracing]'") and done.stdout.count("\n") == 1
+
+
+def test_the_rest_backend_sends_the_batch_spans_context_as_http_headers(tracing):
+    from bridge.errors import ModelServerError
+    from bridge.model.rest_backend import RestBackend
+    from bridge.model.signature import ImageSignature
+    from tests.unit.test_rest_backend import FakeTFServing, signature_def
+
+    server = FakeTFServing()
+    server.reply(503, {"error": "scripted"})  # the request and its headers are all this test looks at
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        client = RestBackend(server.url, ModelTarget("digits"), timeout=5)
+        signature = ImageSignature.from_proto("serving_default", signature_def())
+        images = np.zeros((1, 32, 32, 3), dtype=np.uint8)
+        with tracing.batch([tracing.record(record((("traceparent", VALID),)))]):
+            sent = dict(outgoing_headers())["traceparent"]
+            with pytest.raises(ModelServerError):
+                client.predict_images(signature, images)
+        headers = {name.lower(): value for name, value in server.requests[-1][3].items()}
+        assert headers["traceparent"] == sent and split(sent.encode())[1] != TRACE  # the batch's trace
+        client.close()
+    finally:
+        server.shutdown()
+        server.server_close()
