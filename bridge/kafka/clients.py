@@ -307,14 +307,22 @@ class ReadCommittedConsumer:
     def assignment(self) -> list[TopicPartition]:
         return self._consumer.assignment()
 
-    def committed(self, partitions: Sequence[TopicPartition], timeout: float = 10.0) -> dict[PartitionKey, int]:
-        """The group's committed offset per partition (negative when none is committed). FatalKafkaError if the
-        broker does not answer in time: not knowing where to resume, the bridge must not guess."""
-        try:
-            answer = self._consumer.committed(list(partitions), timeout)
-        except KafkaException as exc:
-            raise FatalKafkaError(f"cannot read the group's committed offsets: {exc}") from None
-        return {(tp.topic, tp.partition): tp.offset for tp in answer}
+    def committed(self, partitions: Sequence[TopicPartition], timeout: float = 10.0,
+                  sleep: Callable[[float], None] = time.sleep) -> dict[PartitionKey, int]:
+        """The group's committed offset per partition (negative when none is committed). A group coordinator that
+        moved or is loading (a broker lost) is asked again until `timeout`; FatalKafkaError if the broker has not
+        answered by then: not knowing where to resume, the bridge must not guess."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                answer = self._consumer.committed(list(partitions), max(0.1, deadline - time.monotonic()))
+                return {(tp.topic, tp.partition): tp.offset for tp in answer}
+            except KafkaException as exc:
+                error = _kafka_error(exc)
+                if not _retriable(error) or time.monotonic() + 0.2 >= deadline:
+                    raise FatalKafkaError(f"cannot read the group's committed offsets: {exc}") from None
+                log.warning("reading the group's committed offsets failed (%s); asking again", error.str())
+                sleep(0.2)
 
     def positions(self) -> dict[PartitionKey, int]:
         """The read position of each assigned partition that has one (no network call)."""

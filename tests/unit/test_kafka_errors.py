@@ -4,7 +4,7 @@ import threading
 import time
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from bridge.errors import (FatalKafkaError, KafkaCallHung, KafkaTransactionError, OutputError, ProducerUnusable,
                            TransactionAborted)
@@ -241,3 +241,41 @@ def test_a_fatal_consumer_error_stops_the_loop_rather_than_leave_it_reading_noth
 def test_transient_consumer_errors_are_only_logged():
     transient = KafkaError(KafkaError._TRANSPORT, "broker down")
     assert consumer_receiving(transient, KafkaError(KafkaError._PARTITION_EOF, "eof")).poll_batch(10, 0.1) == []
+
+
+class CoordinatorMoving:
+    """A consumer whose group coordinator is lost: committed() fails `failures` times, then answers."""
+
+    def __init__(self, failures, code=KafkaError.NOT_COORDINATOR):
+        self.failures, self.code, self.calls = failures, code, 0
+
+    def committed(self, partitions, timeout):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise KafkaException(KafkaError(self.code, "Failed to get committed offsets: Broker: Not coordinator"))
+        return [TopicPartition(tp.topic, tp.partition, 42) for tp in partitions]
+
+
+def consumer_over(librdkafka_consumer):
+    from bridge.kafka.clients import ReadCommittedConsumer
+
+    consumer = ReadCommittedConsumer.__new__(ReadCommittedConsumer)
+    consumer._consumer = librdkafka_consumer
+    return consumer
+
+
+def test_the_group_offsets_are_asked_again_while_the_group_coordinator_moves():
+    # Seen on a cluster: the broker frozen was the group coordinator too; the new producer had started, and the
+    # bridge exited on NOT_COORDINATOR where a second later the new coordinator would have answered.
+    moving = CoordinatorMoving(failures=3)
+    offsets = consumer_over(moving).committed([TopicPartition("in", 0)], timeout=5, sleep=lambda _: None)
+    assert offsets == {("in", 0): 42} and moving.calls == 4
+
+
+def test_group_offsets_unknown_past_the_deadline_or_refused_outright_are_fatal():
+    with pytest.raises(FatalKafkaError, match="Not coordinator"):
+        consumer_over(CoordinatorMoving(failures=10**6)).committed([TopicPartition("in", 0)], timeout=0.3)
+    refused = CoordinatorMoving(failures=1, code=KafkaError.GROUP_AUTHORIZATION_FAILED)
+    with pytest.raises(FatalKafkaError):
+        consumer_over(refused).committed([TopicPartition("in", 0)], timeout=5, sleep=lambda _: None)
+    assert refused.calls == 1
