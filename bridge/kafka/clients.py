@@ -147,6 +147,24 @@ def call_transactional(what: str, call: Callable[[float], T], timeout: float, gu
             sleep(attempt * 0.2)
 
 
+def committed_offsets(consumer: Consumer, partitions: Sequence[TopicPartition], timeout: float,
+                      sleep: Callable[[float], None] = time.sleep) -> dict[PartitionKey, int]:
+    """A consumer's group's committed offset per partition (negative when none is committed), asked again while the
+    group coordinator moves or loads (a broker lost) until `timeout`; the KafkaException past it, or at once for any
+    other error."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            answer = consumer.committed(list(partitions), max(0.1, deadline - time.monotonic()))
+            return {(tp.topic, tp.partition): tp.offset for tp in answer}
+        except KafkaException as exc:
+            error = _kafka_error(exc)
+            if not _retriable(error) or time.monotonic() + 0.2 >= deadline:
+                raise
+            log.warning("reading the group's committed offsets failed (%s); asking again", error.str())
+            sleep(0.2)
+
+
 def _create(client: Callable[[dict], T], config: dict[str, Any]) -> T:
     """A confluent-kafka client logging through the bridge; a configuration librdkafka refuses is a ConfigError."""
     try:
@@ -312,17 +330,10 @@ class ReadCommittedConsumer:
         """The group's committed offset per partition (negative when none is committed). A group coordinator that
         moved or is loading (a broker lost) is asked again until `timeout`; FatalKafkaError if the broker has not
         answered by then: not knowing where to resume, the bridge must not guess."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                answer = self._consumer.committed(list(partitions), max(0.1, deadline - time.monotonic()))
-                return {(tp.topic, tp.partition): tp.offset for tp in answer}
-            except KafkaException as exc:
-                error = _kafka_error(exc)
-                if not _retriable(error) or time.monotonic() + 0.2 >= deadline:
-                    raise FatalKafkaError(f"cannot read the group's committed offsets: {exc}") from None
-                log.warning("reading the group's committed offsets failed (%s); asking again", error.str())
-                sleep(0.2)
+        try:
+            return committed_offsets(self._consumer, partitions, timeout, sleep)
+        except KafkaException as exc:
+            raise FatalKafkaError(f"cannot read the group's committed offsets: {exc}") from None
 
     def positions(self) -> dict[PartitionKey, int]:
         """The read position of each assigned partition that has one (no network call)."""

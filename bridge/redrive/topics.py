@@ -3,7 +3,6 @@ ends as of now, the input topic's partition count, and (for a dry run) where the
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +11,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from bridge.config import Settings
 from bridge.errors import BridgeError, ConfigError
-from bridge.kafka.clients import COORDINATOR_BUSY, PartitionKey, librdkafka_log
+from bridge.kafka.clients import PartitionKey, committed_offsets, librdkafka_log
 
 
 @dataclass(frozen=True)
@@ -70,16 +69,7 @@ def _group_offsets(settings: Settings, group: str, partitions: list[TopicPartiti
     consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "logger": librdkafka_log,
                          **settings.kafka_config, "group.id": group, "enable.auto.commit": False,
                          "isolation.level": "read_uncommitted"})
-    deadline = time.monotonic() + timeout
     try:
-        while True:  # a coordinator still loading or moving answers NOT_COORDINATOR...: ask again until the deadline
-            try:
-                answer = consumer.committed(partitions, max(0.1, deadline - time.monotonic()))
-                return {(tp.topic, tp.partition): tp.offset for tp in answer}
-            except KafkaException as exc:
-                error = exc.args[0] if exc.args else None
-                if getattr(error, "code", lambda: None)() not in COORDINATOR_BUSY or time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.2)
+        return committed_offsets(consumer, partitions, timeout)  # asked again while the coordinator moves or loads
     finally:
         consumer.close()
