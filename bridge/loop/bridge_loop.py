@@ -83,6 +83,7 @@ class BridgeLoop:
         self.checkpoint = Checkpoint(producer, self.consumer, self._output_topics())
         self.commit_interval = settings.seconds("commit_interval_ms")
         self._input_paused = False
+        self._pause_stale = False  # partitions were assigned since the pause state was last applied
         self._revoked_in_poll: set[PartitionKey] = set()  # revoked or lost during the current poll
         self._last_commit = time.monotonic()
 
@@ -311,9 +312,10 @@ class BridgeLoop:
         full = self.window.full()
         self.metrics.set_paused("window_full", full and not self.pause.paused)
         wanted = self.pause.paused or full or not self.producer_started
-        if wanted != self._input_paused:
+        if wanted != self._input_paused or self._pause_stale:
             (self.consumer.pause if wanted else self.consumer.resume)(self.consumer.assignment())
             self._input_paused = wanted
+            self._pause_stale = False
 
     def _update_lag(self) -> None:
         """kafka_consumergroup_lag of the partitions this instance owns, every few seconds."""
@@ -331,6 +333,9 @@ class BridgeLoop:
     def _on_assign(self, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels("assigned").inc()
         self._lag_due = 0.0  # the new partitions' lag at the next turn
+        # librdkafka keeps a partition's pause across its unassign and assign: one paused before a rebalance comes
+        # back paused, even if input was resumed meanwhile (while nothing was assigned). Set it again this turn.
+        self._pause_stale = True
         log.info("assigned %s", _describe(partitions))
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:

@@ -108,3 +108,32 @@ def test_a_poll_returns_the_records_at_hand_without_waiting_for_a_full_batch(kaf
     assert [record.value() for record in records] == [f"record-{i}".encode() for i in range(1, 5)]
     # 4 records of the 500 asked for: the poll returns them instead of waiting out its 20 s timeout.
     assert waited < 10, waited
+
+
+def test_librdkafka_keeps_a_partition_paused_across_a_rebalance_that_takes_it_away_and_gives_it_back(kafka, topics,
+                                                                                                     unique):
+    """What the run loop's pause bookkeeping relies on (it sets the pause state again after every assignment):
+    a partition paused, revoked and assigned again stays paused until resumed. (Kafka's Java consumer forgets the
+    pause instead.)"""
+    assigned = []
+    config = {"bootstrap.servers": kafka.bootstrap_servers, "group.id": f"g-{unique}", "session.timeout.ms": 6000}
+    first = ReadCommittedConsumer(config, [topics["input"]], on_assign=assigned.append)
+    consume_all(first, 1)
+    first.seek({(topics["input"], 0): 0})
+    first.pause(first.assignment())
+    other = ReadCommittedConsumer(config, [topics["input"]])  # joins: an eager rebalance revokes everything
+    deadline = time.monotonic() + 60
+    while len(assigned) < 2 and time.monotonic() < deadline:
+        assert first.poll_batch(10, 0.2) == []
+        other.poll_batch(10, 0.2)  # reads the partition if the join gives it to the other
+    assert len(assigned) == 2, "no rebalance"
+    other.close()  # leaves: the partition comes back to the first (if the join gave it away)
+    while (not first.assignment() or assigned[-1] == []) and time.monotonic() < deadline:
+        assert first.poll_batch(10, 0.2) == []
+    assert [tp.partition for tp in first.assignment()] == [0]
+    settle = time.monotonic() + 3
+    while time.monotonic() < settle:
+        assert first.poll_batch(10, 0.2) == [], "the partition came back unpaused"
+    first.resume(first.assignment())
+    assert len(consume_all(first, 4)) >= 4
+    first.close()

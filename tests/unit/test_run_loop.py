@@ -44,7 +44,7 @@ class FakeConsumer:
         self.callbacks = callbacks
         self.waiting = []  # messages the next poll returns
         self.seeks = []
-        self.paused = False
+        self.paused_partitions = set()  # as librdkafka: a partition's pause outlives its assignment
         self.pauses = 0
         self.highs = {}  # high watermarks, as of the last fetch
         self.during_poll = None  # run inside the next poll_batch, after its records were taken
@@ -67,12 +67,16 @@ class FakeConsumer:
     def committed(self, partitions, timeout=10.0):
         return {(tp.topic, tp.partition): self.group_offsets.get((tp.topic, tp.partition), -1001) for tp in partitions}
 
+    @property
+    def paused(self):
+        return any(_key(tp) in self.paused_partitions for tp in self.owned)
+
     def pause(self, partitions):
-        self.paused = True
+        self.paused_partitions.update(map(_key, partitions))
         self.pauses += 1
 
     def resume(self, partitions):
-        self.paused = False
+        self.paused_partitions.difference_update(map(_key, partitions))
 
     def seek(self, offsets):
         self.seeks.append(dict(offsets))
@@ -85,6 +89,10 @@ class FakeConsumer:
 
     def high_watermarks(self):
         return dict(self.highs)
+
+
+def _key(partition):
+    return partition if isinstance(partition, str) else (partition.topic, partition.partition)
 
 
 class FakeProducer:
@@ -519,3 +527,25 @@ def test_partitions_lost_while_the_abort_fails_replace_the_producer():
     consumer.callbacks["on_lost"]([_Partition("in", 0)])
     assert bridge.producer is not producer and bridge.abandoned == [producer] and bridge.producer_started
     assert producer.committed == [] and bridge.checkpoint.pending == 0
+
+
+def test_partitions_paused_before_a_rebalance_are_resumed_when_assigned_again_after_input_resumed():
+    """The producer is replaced (input paused); an eager rebalance revokes everything, the new producer starts while
+    nothing is assigned, then the partitions come back still paused by librdkafka: the loop resumes them."""
+    bridge, consumer, producer, pipeline = loop(replace_producer=lambda: StartingProducer(refusals=1))
+    partitions = [_Partition("in", 0), _Partition("in", 1)]
+    consumer.owned = list(partitions)
+    poll(bridge, consumer, (0, 0))
+    producer.commit_error = HUNG
+    pipeline.finish(0, 0)
+    bridge._turn()
+    assert not bridge.producer_started and consumer.paused
+    consumer.callbacks["on_revoke"](partitions)
+    consumer.owned = []
+    bridge._next_start_attempt = 0.0
+    bridge._turn()
+    assert bridge.producer_started
+    consumer.owned = list(partitions)
+    consumer.callbacks["on_assign"](partitions)
+    bridge._turn()
+    assert not consumer.paused
