@@ -1,11 +1,11 @@
 """Exactly once on a three-node Kafka cluster as production runs it (replication factor 3, min.insync.replicas 2 for
 the topics, the offsets topic and the transaction log), with a broker killed, frozen or cut off while records flow.
 
-Each test sends digits through the bridge (a real process, on the session's model server and image server), injects
-its fault into one node at a time, and checks what a read_committed reader sees: every input exactly once. It also
-measures how long the stream stood still (the longest gap between the produce times of consecutive committed
-outputs), asserts it stayed within the session timeout plus the deadline of a Kafka call, and that the bridge never
-exited.
+Each test sends digits through two bridges in one group (real processes, on the session's model server and image
+server), injects its fault into one node at a time, and checks what a read_committed reader sees: every input exactly
+once. It also measures how long the stream stood still (the longest gap between the produce times of consecutive
+committed outputs), asserts it stayed within the session timeout plus the deadline of a Kafka call, and that neither
+bridge exited.
 """
 
 from __future__ import annotations
@@ -58,9 +58,12 @@ def bridges() -> Iterator[list[BridgeProcess]]:
         bridge.kill()
 
 
-def start_bridge(cluster, topics, model_server, log: Path, *extra: str) -> BridgeProcess:
-    return BridgeProcess(log, "--bootstrap-servers", cluster.bootstrap_servers, "--model-server", model_server.address,
-                         *topics.flags(), *BRIDGE_FLAGS, *extra).start()
+def start_two_bridges(cluster, topics, model_server, logs: Path) -> list[BridgeProcess]:
+    """Two bridges in one group, instances a and b."""
+    return [BridgeProcess(logs / f"bridge-{name}.log", "--bootstrap-servers", cluster.bootstrap_servers,
+                          "--model-server", model_server.address, "--instance-name", name, *topics.flags(),
+                          *BRIDGE_FLAGS).start()
+            for name in ("a", "b")]
 
 
 def fully_replicated(cluster, timeout: float = 120.0) -> None:
@@ -94,9 +97,7 @@ def test_each_broker_killed_in_turn_and_restarted_on_its_data(cluster, cluster_t
                                                               held_out, bridges, tmp_path, record_property):
     fully_replicated(cluster)
     truth = send_digits(cluster, cluster_topics, image_server, held_out, RECORDS)
-    bridges.append(start_bridge(cluster, cluster_topics, model_server, tmp_path / "bridge-a.log"))
-    bridges.append(start_bridge(cluster, cluster_topics, model_server, tmp_path / "bridge-b.log",
-                                "--instance-name", "b"))
+    bridges += start_two_bridges(cluster, cluster_topics, model_server, tmp_path)
     wait_for_outputs(cluster, cluster_topics, 100)
     for node in cluster.nodes:
         node.kill()
@@ -114,15 +115,15 @@ def test_a_broker_frozen_or_cut_off_past_its_session_then_back(fault, cluster, c
                                                                 record_property):
     """freeze: SIGSTOP, the broker hangs with its connections open. cut: every packet to its client and
     inter-broker listener dropped while its controller listener keeps it in the quorum. freeze-coordinator: the
-    broker coordinating the bridge's transactions frozen, so its send_offsets_to_transaction or
-    commit_transaction does not return. Each ends after FAULT_S, however the test goes."""
+    broker coordinating bridge a's transactions frozen, so its send_offsets_to_transaction or
+    commit_transaction does not return. Each ends after FAULT_S, however the test goes. Two bridges in one group
+    throughout."""
     fully_replicated(cluster)
     truth = send_digits(cluster, cluster_topics, image_server, held_out, RECORDS)
-    bridge = start_bridge(cluster, cluster_topics, model_server, tmp_path / "bridge.log")
-    bridges.append(bridge)
+    bridges += start_two_bridges(cluster, cluster_topics, model_server, tmp_path)
     wait_for_outputs(cluster, cluster_topics, 100)
     if fault == "freeze-coordinator":
-        node = cluster.transaction_coordinator(re.search(r"transactional\.id (\S+)", bridge.log()).group(1))
+        node = cluster.transaction_coordinator(re.search(r"transactional\.id (\S+)", bridges[0].log()).group(1))
     else:
         node = cluster.nodes[0 if fault == "freeze" else 1]
     begin, end = (node.cut, remove_cut_rules) if fault == "cut" else (node.freeze, node.thaw)
