@@ -26,7 +26,7 @@ from tests.integration.test_bridge import assert_exactly_once, send_digits, wait
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
-RECORDS = 1500
+RECORDS = 3000  # at least twice as long a stream as it takes a cold cluster to show the first 100 outputs
 FAULT_S = 20  # longer than a broker's session with the controller (9 s): leaders move
 KAFKA_TIMEOUT_S = 10  # the deadline of each Kafka call
 SESSION_TIMEOUT_S = 45  # librdkafka's default session.timeout.ms, which the bridge keeps
