@@ -216,6 +216,9 @@ class Redrive:
             start = offset if offset >= 0 else self.view.lows.get(key, 0)
             self.partitions[key] = PartitionState(self.view.ends.get(key, 0), start,
                                                   offset if offset >= 0 else None, next=start)
+        # librdkafka keeps a partition paused across a rebalance that takes it away and gives it back; a finished
+        # partition whose commit marker was read after its last commit comes back unfinished, and must be read.
+        self.consumer.resume([TopicPartition(*key) for key in new])
         log.info("assigned %s", ", ".join(f"{t}[{p}]" for t, p in sorted(new)))
         if self.dry_run:  # the throwaway group starts at the beginning: skip to where the redrive group stands
             self._seek({key: committed[key] for key in new if committed.get(key, -1) >= 0})
